@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Registration of `torch.ops.lynx.*`: schema, input checks, fake and per-device implementations.
+
+torch-only on purpose: importing this module registers the op cheaply (no Triton import, no GPU
+work), so it is in place before any torch.compile trace or CUDA-graph capture. The Triton launcher is
+imported lazily inside the CUDA implementation.
+
+The op is functional (returns new tensors): vLLM only de-functionalises a known list of mutating ops,
+and a functional op needs no special handling under torch.compile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lynx_ops.reference import remap_ref
+from lynx_ops.routing import MAX_BETA, MAX_KERNEL_ROWS, Scoring, WeightRule
+
+SCHEMA = (
+    "remap(Tensor scores, Tensor topk_weights, Tensor topk_ids, Tensor num_valid, "
+    "Tensor? correction_bias, float alpha, int beta, int scoring, int weight_rule, float scale, "
+    "int num_expert_group) -> (Tensor, Tensor, Tensor)"
+)
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_ID_DTYPES = (torch.int32, torch.int64)
+
+_lib = torch.library.Library("lynx", "FRAGMENT")
+_lib.define(SCHEMA)
+
+
+def check_remap_inputs(
+    scores: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_valid: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    alpha: float,
+    beta: int,
+    scoring: int,
+    weight_rule: int,
+    scale: float,
+    num_expert_group: int,
+) -> None:
+    """Raise ValueError naming the argument, the value and what is allowed. Uses metadata only,
+    so it runs unchanged on fake tensors while torch.compile traces."""
+
+    def fail(what: str) -> None:
+        raise ValueError(f"lynx::remap: {what}")
+
+    if scores.dim() != 2:
+        fail(f"scores must be [T, E], got shape {tuple(scores.shape)}")
+    num_rows, num_experts = scores.shape
+    if scores.dtype not in _FLOAT_DTYPES:
+        fail(f"scores dtype {scores.dtype} not supported; use one of {_FLOAT_DTYPES}")
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != num_rows:
+        fail(f"topk_ids must be [T={num_rows}, k], got shape {tuple(topk_ids.shape)}")
+    k = topk_ids.shape[1]
+    if topk_ids.dtype not in _ID_DTYPES:
+        fail(f"topk_ids dtype {topk_ids.dtype} not supported; use int32 or int64")
+    if tuple(topk_weights.shape) != (num_rows, k):
+        fail(f"topk_weights must be [T, k]={num_rows, k}, got {tuple(topk_weights.shape)}")
+    if topk_weights.dtype not in _FLOAT_DTYPES:
+        fail(f"topk_weights dtype {topk_weights.dtype} not supported; use one of {_FLOAT_DTYPES}")
+    if not 1 <= k <= num_experts:
+        fail(f"k={k} experts per row must be in [1, E={num_experts}]")
+    if num_valid.numel() != 1 or num_valid.dtype not in _ID_DTYPES:
+        fail(
+            "num_valid must hold one int32/int64 value (the number of valid rows), got "
+            f"shape {tuple(num_valid.shape)} dtype {num_valid.dtype}"
+        )
+    devices = {t.device for t in (scores, topk_weights, topk_ids, num_valid)}
+    if correction_bias is not None:
+        devices.add(correction_bias.device)
+    if len(devices) != 1:
+        fail(f"all tensors must be on one device, got {sorted(str(d) for d in devices)}")
+    if not alpha > 0 or alpha != alpha or alpha == float("inf"):
+        fail(f"alpha={alpha} must be a finite number > 0 (bin width is 1/alpha logit units)")
+    if not 1 <= beta <= MAX_BETA:
+        fail(f"beta={beta} must be an integer in [1, {MAX_BETA}]")
+    if scoring not in set(Scoring):
+        fail(f"scoring={scoring} unknown; allowed: {[f'{s.value}={s.name}' for s in Scoring]}")
+    if weight_rule not in set(WeightRule):
+        allowed = [f"{r.value}={r.name}" for r in WeightRule]
+        fail(f"weight_rule={weight_rule} unknown; allowed: {allowed}")
+    if scoring == Scoring.SIGMOID_BIAS:
+        if correction_bias is None:
+            fail("scoring SIGMOID_BIAS needs correction_bias [E]")
+        if tuple(correction_bias.shape) != (num_experts,):
+            fail(f"correction_bias must be [E={num_experts}], got {tuple(correction_bias.shape)}")
+        if correction_bias.dtype not in _FLOAT_DTYPES:
+            fail(f"correction_bias dtype {correction_bias.dtype} not supported")
+    elif correction_bias is not None:
+        fail(f"correction_bias is only used with scoring SIGMOID_BIAS, got scoring={scoring}")
+    if num_expert_group < 0 or (num_expert_group > 1 and num_experts % num_expert_group):
+        fail(f"num_expert_group={num_expert_group} must be 0/1 (ungrouped) or divide E={num_experts}")
+    if not scale > 0:
+        fail(f"scale={scale} must be > 0")
+
+
+def _empty_outputs(topk_weights: torch.Tensor, topk_ids: torch.Tensor):
+    # Same allocations in the fake and the real implementations (contiguous, vanilla dtypes).
+    return (
+        topk_weights.new_empty(topk_weights.shape),
+        topk_ids.new_empty(topk_ids.shape),
+        topk_ids.new_empty((2,), dtype=torch.int32),
+    )
+
+
+def _remap_fake(*args):
+    check_remap_inputs(*args)
+    return _empty_outputs(args[1], args[2])
+
+
+def _remap_reference(*args):
+    check_remap_inputs(*args)
+    out_w, out_ids, touched = remap_ref(*args)
+    return out_w.contiguous(), out_ids.contiguous(), touched
+
+
+def _remap_cuda(*args):
+    check_remap_inputs(*args)
+    num_rows = args[0].shape[0]
+    if num_rows > MAX_KERNEL_ROWS:  # counts would overflow the kernel's 12-bit histogram fields
+        return _remap_reference(*args)
+    from lynx_ops.kernels.remap import remap_triton  # lazy: keeps `import lynx_ops` Triton-free
+
+    return remap_triton(*args)
+
+
+_lib.impl("remap", _remap_reference, "CPU")
+_lib.impl("remap", _remap_cuda, "CUDA")
+torch.library.register_fake("lynx::remap", _remap_fake, lib=_lib)
+
+remap = torch.ops.lynx.remap.default

@@ -1,0 +1,165 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Plain-torch Lynx remap: the test oracle, the benchmark baseline and the CPU implementation.
+
+It follows ALGORITHM.md step by step, in float32, and favours being obviously correct over being
+fast: the vote is a literal lexicographic sort with the leave-one-out histogram, where the Triton
+kernel uses an equivalent packed key. Everything is dense (no `.item()`, no boolean-mask indexing,
+no data-dependent shapes), so it also runs inside CUDA-graph capture: the CUDA implementation uses it
+for padded batches too large for the kernel.
+
+Shapes: `T` rows (padded batch), `E` experts, `k` experts per row, `B = beta + 1` histogram columns.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lynx_ops.routing import SIGMOID_BIAS_EPS, Scoring, WeightRule
+
+
+def selection_scores(
+    logits: torch.Tensor, correction_bias: torch.Tensor | None, scoring: int
+) -> torch.Tensor:
+    """[T, E] float32 selection scores in logit space (ALGORITHM.md, Notation)."""
+    x = logits.float()
+    if scoring == Scoring.SIGMOID_BIAS:
+        assert correction_bias is not None
+        p = (torch.sigmoid(x) + correction_bias.float()).clamp(
+            SIGMOID_BIAS_EPS, 1.0 - SIGMOID_BIAS_EPS
+        )
+        return torch.log(p) - torch.log1p(-p)
+    return x
+
+
+def vanilla_group_mask(topk_ids: torch.Tensor, num_experts: int, num_expert_group: int):
+    """[T, E] bool: experts in a group the router already chose from, or None when ungrouped.
+
+    Grouped top-k routers (DeepSeek V2/V3) limit each token to `topk_group` groups. The groups of the
+    vanilla choice are allowed groups by construction, so restricting the remap to them can never
+    break the limit, and needs no re-derivation of the router's group scores (which differ between
+    families and tie-break differently). It is stricter than the limit when the vanilla choice
+    spans fewer groups than allowed.
+    """
+    if num_expert_group <= 1:
+        return None
+    group_size = num_experts // num_expert_group
+    expert_group = torch.arange(num_experts, device=topk_ids.device) // group_size  # [E]
+    used_group = topk_ids.long() // group_size  # [T, k]
+    return (expert_group[None, None, :] == used_group[:, :, None]).any(dim=1)
+
+
+def _lexicographic_topk(keys: list[torch.Tensor], k: int) -> torch.Tensor:
+    """[T, k] column indices of the k largest rows of `keys` compared lexicographically.
+
+    `keys` are [T, E] tensors, most significant first. Remaining ties go to the lower index. Least
+    significant key first with stable sorts is the textbook LSD construction of a lexicographic sort.
+    """
+    rows, cols = keys[0].shape
+    perm = torch.arange(cols, device=keys[0].device).expand(rows, cols)
+    for key in reversed(keys):
+        order = torch.sort(key.gather(1, perm), dim=1, descending=True, stable=True).indices
+        perm = perm.gather(1, order)
+    return perm[:, :k]
+
+
+def _distinct_experts(ids: torch.Tensor, valid: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """int32 scalar: number of distinct experts among the valid rows of `ids` [T, k]."""
+    hit = torch.zeros(ids.shape[0], num_experts, dtype=torch.bool, device=ids.device)
+    hit.scatter_(1, ids.long(), True)
+    return (hit & valid[:, None]).any(dim=0).sum().to(torch.int32)
+
+
+def _final_weights(
+    x_sel: torch.Tensor,  # [T, k] raw router logits of the final experts
+    x_all: torch.Tensor,  # [T, E] raw router logits
+    vanilla_weights: torch.Tensor,  # [T, k]
+    scoring: int,
+    weight_rule: int,
+    scale: float,
+) -> torch.Tensor:
+    vanilla_sum = vanilla_weights.float().sum(dim=1, keepdim=True)
+    if scoring == Scoring.SOFTMAX:
+        if weight_rule == WeightRule.RAW:  # full-softmax probability
+            return torch.exp(x_sel - torch.logsumexp(x_all, dim=1, keepdim=True)) * scale
+        p = torch.softmax(x_sel, dim=1)
+    else:  # sigmoid routers weight by the unbiased sigmoid, whatever the selection score
+        p = torch.sigmoid(x_sel)
+        if weight_rule == WeightRule.RAW:
+            return p * scale
+        p = p / p.sum(dim=1, keepdim=True)
+    if weight_rule == WeightRule.PRESERVE_MASS:
+        return p * vanilla_sum
+    return p * scale
+
+
+def remap_ref(
+    scores: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_valid: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    alpha: float,
+    beta: int,
+    scoring: int,
+    weight_rule: int,
+    scale: float,
+    num_expert_group: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference `lynx::remap`. Inputs are assumed valid (the op validates them first).
+
+    Returns new `(topk_weights [T, k], topk_ids [T, k], experts_touched [2] int32)`, the last being
+    the number of distinct experts over the valid rows before and after the remap.
+    """
+    num_rows, num_experts = scores.shape
+    k = topk_ids.shape[1]
+    device = scores.device
+    x = scores.float()
+    valid = torch.arange(num_rows, device=device) < num_valid.reshape(-1)[0]  # [T], no host sync
+
+    # Selection scores, with experts outside the row's allowed groups at -inf.
+    s = selection_scores(x, correction_bias, scoring)
+    allowed = vanilla_group_mask(topk_ids, num_experts, num_expert_group)
+    if allowed is not None:
+        s = s.masked_fill(~allowed, float("-inf"))
+
+    # Steps 1-2: gap to the row's best expert and its bin; disallowed experts go below every bin.
+    d = s - s.max(dim=1, keepdim=True).values  # [T, E], <= 0
+    q = torch.ceil(alpha * d).clamp(min=-beta).to(torch.int64)
+    if allowed is not None:
+        q = q.masked_fill(~allowed, -(beta + 1))
+
+    # Step 3: exact integer histogram over valid rows; column j counts rows with q = -j.
+    bins = torch.arange(beta + 1, device=device)
+    member = (q[:, :, None] == -bins) & valid[:, None, None]  # [T, E, B]
+    hist = member.sum(dim=0)  # [E, B]
+    leave_one_out = hist[None] - member.long()  # [T, E, B]: without the voting row itself
+
+    # Step 4: each row's candidates by (q, c'[0], ..., c'[beta], d), lexicographically.
+    keys = [q] + [leave_one_out[:, :, j] for j in range(beta + 1)] + [d]
+    candidates = _lexicographic_topk(keys, k)  # [T, k]
+
+    # Step 5: kept set, from valid rows only.
+    voted = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=device)
+    voted.scatter_(1, candidates, True)
+    kept = (voted & valid[:, None]).any(dim=0)  # [E]
+
+    # Step 6: each row's k best experts by s within the kept set (ties to the lower index).
+    s_kept = s.masked_fill(~kept[None, :], float("-inf"))
+    final_ids = _lexicographic_topk([s_kept], k)  # [T, k], sorted by s descending
+
+    # Step 7: weights for rows whose expert set changed; unchanged rows keep vanilla bits.
+    same_set = (final_ids[:, :, None] == topk_ids.long()[:, None, :]).any(dim=2).all(dim=1)
+    changed = valid & ~same_set
+    new_w = _final_weights(
+        x.gather(1, final_ids), x, topk_weights, scoring, weight_rule, scale
+    ).to(topk_weights.dtype)
+    out_w = torch.where(changed[:, None], new_w, topk_weights)
+    out_ids = torch.where(changed[:, None], final_ids.to(topk_ids.dtype), topk_ids)
+
+    touched = torch.stack(
+        [
+            _distinct_experts(topk_ids, valid, num_experts),
+            _distinct_experts(out_ids, valid, num_experts),
+        ]
+    )
+    return out_w, out_ids, touched

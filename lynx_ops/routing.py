@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Vocabulary shared by the op, the reference, the kernel and the registry.
+
+The integer values are part of the op's schema (`scoring`, `weight_rule` are passed as ints so the
+op stays a plain `torch.library` op that Dynamo and CUDA graphs handle without Python objects).
+"""
+
+from __future__ import annotations
+
+import enum
+
+# Bins below the top that keep their own histogram column. The kernel packs one 12-bit count per
+# column plus the bin into a 63-bit key; 5 columns x 12 bits + 3 bits fit. Deeper bins carry almost
+# no router mass (with alpha=1 the fifth bin is already e^-4 below the top), so the cap costs nothing
+# measurable; policies asking for more are clamped with a log line (registry) or rejected (op).
+MAX_BETA = 4
+# Largest padded batch the Triton kernel takes: histogram counts must fit their 12-bit fields.
+# Larger decode batches (beyond vLLM's usual max_num_seqs) run the plain-torch implementation.
+MAX_KERNEL_ROWS = 4095
+
+
+class Scoring(enum.IntEnum):
+    """How the router turns logits into selection scores (see ALGORITHM.md, Notation)."""
+
+    SOFTMAX = 0  # softmax routers: selection score is the raw logit
+    SIGMOID = 1  # sigmoid routers (Llama 4): the raw logit before the sigmoid
+    SIGMOID_BIAS = 2  # sigmoid + correction bias (DeepSeek-V3): logit(clamp(sigmoid(x) + b))
+
+
+class WeightRule(enum.IntEnum):
+    """How the final experts' weights are recomputed for a remapped row."""
+
+    # Normalise the probabilities (softmax or sigmoid) over the selected experts, times `scale`.
+    # Softmax + renormalize (Qwen3-MoE, Mixtral) and top-k-then-softmax (GPT-OSS) are both this.
+    RENORMALIZE = 0
+    # Probabilities of the selected experts rescaled to the vanilla row's weight sum: softmax without
+    # renormalisation (Qwen2-MoE, DeepSeek-V2) and sigmoid top-1 (Llama 4). Any factor the router
+    # applied (routed_scaling_factor) is carried by the vanilla sum, so `scale` is not used.
+    PRESERVE_MASS = 1
+    # Un-normalised probabilities times `scale` (full-softmax probability, or plain sigmoid).
+    RAW = 2
+
+
+SIGMOID_BIAS_EPS = 1e-6  # clamp for logit(sigmoid(x) + b) so the selection score stays finite
