@@ -143,7 +143,8 @@ def _lynx_remap_kernel(
             rows, row_ok, cols, col_ok, group_size, K, SCORING, GROUPED, EPS,
         )  # fmt: skip
         s_kept = tl.where(kept[None, :] > 0, s, _NEG_INF)
-        new_ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)
+        # -1 in the padded columns (k not a power of two) so they never match a vanilla id
+        new_ids = tl.full([BLOCK_T, BLOCK_K], -1, dtype=tl.int32)
         new_x = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
         for i in tl.static_range(K):
             best = tl.max(s_kept, axis=1)

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Triton kernel against the reference: family shapes, odd sizes, random inputs.
+
+Runs under the Triton interpreter on CPU (`interpreter` tier, in CI) and compiled on a GPU (`cuda`
+tier). Ids and experts-touched counts must match exactly; weights to the dtype's tolerance (the
+kernel and the reference compute them with different fp32 operation orders).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import lynx_ops  # noqa: F401
+from lynx_ops.reference import remap_ref
+from lynx_ops.routing import MAX_BETA, Scoring, WeightRule
+from tests.helpers import (
+    DEVICES,
+    clean_args,
+    FAMILY_SHAPES,
+    Shape,
+    make_batch,
+    near_bin_edge,
+    op_args,
+    run_kernel,
+)
+
+
+
+
+def assert_matches_reference(args, got):
+    want = remap_ref(*args)
+    w, ids, touched = got
+    assert torch.equal(ids, want[1]), "ids differ from the reference"
+    assert torch.equal(touched, want[2]), f"experts touched {touched} != {want[2]}"
+    torch.testing.assert_close(w, want[0])
+    # unchanged rows must be bitwise the vanilla ones in both
+    same = (ids == args[2]).all(dim=1)
+    assert torch.equal(w[same], args[1][same])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", FAMILY_SHAPES)
+@pytest.mark.parametrize("T,n", [(1, 1), (5, 3), (32, 32), (67, 50)], ids=lambda v: str(v))
+def test_family_shapes(device, shape, T, n):
+    args = clean_args(shape, T, n, seed=T * 131 + shape.E)
+    assert_matches_reference(args, run_kernel(device, args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dtypes(device, x_dtype, id_dtype, w_dtype):
+    shape = Shape(64, 6, alpha=2.0, beta=2)
+    x, w, ids, bias = make_batch(shape, 24, seed=7, dtype=x_dtype, id_dtype=id_dtype,
+                                 w_dtype=w_dtype)  # fmt: skip
+    args = op_args(shape, x, w, ids, bias, 20)
+    got = run_kernel(device, args)
+    assert got[0].dtype == w_dtype and got[1].dtype == id_dtype
+    assert_matches_reference(args, got)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_permuted_inputs(device):
+    """Non-contiguous scores, weights and ids (column-major views) give the same result."""
+    shape = Shape(32, 4)
+    x, w, ids, bias = make_batch(shape, 16, seed=8)
+    xt = x.t().contiguous().t()
+    wt, idt = w.t().contiguous().t(), ids.t().contiguous().t()
+    assert not xt.is_contiguous() and not idt.is_contiguous()
+    args = op_args(shape, xt, wt, idt, bias, 16)
+    assert_matches_reference(args, run_kernel(device, args))
+    assert torch.equal(run_kernel(device, args)[1], run_kernel(device, op_args(shape, x, w, ids,
+                                                                                bias, 16))[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padding_garbage(device):
+    shape = Shape(128, 8, alpha=3.0)
+    x, w, ids, bias = make_batch(shape, 40, seed=9)
+    x[30:] = float("nan")
+    x[31, :5] = float("inf")
+    w[30:] = 123.0
+    args = op_args(shape, x, w, ids, bias, 30)
+    got = run_kernel(device, args)
+    assert torch.equal(got[1][30:], ids[30:]) and torch.equal(got[0][30:], w[30:])
+    assert_matches_reference(args, got)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_multiple_row_blocks(device):
+    """More rows than one block holds (E=256: 16 rows a block) exercises the row loops."""
+    shape = Shape(256, 8, Scoring.SIGMOID_BIAS, groups=8, topk_group=4, scale=2.5)
+    args = clean_args(shape, 130, 117, seed=10)
+    assert_matches_reference(args, run_kernel(device, args))
+
+
+@st.composite
+def _cases(draw):
+    E = draw(st.integers(2, 160))
+    k = draw(st.integers(1, min(E, 8)))
+    scoring = draw(st.sampled_from(list(Scoring)))
+    groups = 0
+    if E % 4 == 0 and draw(st.booleans()):
+        groups = draw(st.sampled_from([g for g in (2, 4, 8) if E % g == 0 and E // g >= 2]))
+    rule = draw(st.sampled_from(list(WeightRule)))
+    shape = Shape(E, k, scoring, rule, groups=groups, topk_group=max(1, groups // 2),
+                  scale=draw(st.sampled_from([1.0, 2.5])),
+                  alpha=draw(st.floats(0.25, 4.0)), beta=draw(st.integers(1, MAX_BETA)))  # fmt: skip
+    if groups and k > (E // groups) * shape.topk_group:
+        shape = Shape(E, k, scoring, rule, scale=shape.scale, alpha=shape.alpha, beta=shape.beta)
+    T = draw(st.integers(1, 48))
+    n = draw(st.integers(0, T))
+    spread = draw(st.sampled_from([0.3, 1.0, 3.0]))
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return shape, T, n, spread, dtype, seed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_cases())
+def test_random_against_reference(device, case):
+    shape, T, n, spread, dtype, seed = case
+    x, w, ids, bias = make_batch(shape, T, seed=seed, spread=spread, dtype=dtype)
+    args = op_args(shape, x, w, ids, bias, n)
+    assume(not near_bin_edge(args))
+    assert_matches_reference(args, run_kernel(device, args))
