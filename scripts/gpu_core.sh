@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# On the GPU machine (no vLLM needed): CUDA test tiers of the core op, then the kernel latency table.
+# Usage there: LYNX_GIT_SHA=<sha> bash scripts/gpu_core.sh   (logs and CSV under $OUT)
+set -uo pipefail
+OUT="${OUT:-/tmp/lynx-out}"; mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -m pytest tests -m cuda -q -p no:cacheprovider -o addopts="" -rfEs 2>&1 | tee "$OUT/cuda_tests.log" | tail -25
+echo "cuda tests exit: ${PIPESTATUS[0]}"
+python3 perf/bench_kernel.py --out "$OUT/kernel_latency.csv" 2>&1 | tee "$OUT/bench_kernel.log" | tail -14
