@@ -31,7 +31,7 @@ import triton.language as tl
 from lynx_ops.kernels.configs import launch_config
 from lynx_ops.routing import SIGMOID_BIAS_EPS, Scoring, WeightRule
 
-_NEG_INF = float("-inf")
+_NEG_INF = tl.constexpr(float("-inf"))  # globals used in @triton.jit must be constexpr
 
 
 @triton.jit
