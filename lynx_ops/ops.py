@@ -93,7 +93,9 @@ def check_remap_inputs(
     elif correction_bias is not None:
         fail(f"correction_bias is only used with scoring SIGMOID_BIAS, got scoring={scoring}")
     if num_expert_group < 0 or (num_expert_group > 1 and num_experts % num_expert_group):
-        fail(f"num_expert_group={num_expert_group} must be 0/1 (ungrouped) or divide E={num_experts}")
+        fail(
+            f"num_expert_group={num_expert_group} must be 0/1 (ungrouped) or divide E={num_experts}"
+        )
     if not scale > 0:
         fail(f"scale={scale} must be > 0")
 

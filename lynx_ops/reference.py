@@ -150,9 +150,9 @@ def remap_ref(
     # Step 7: weights for rows whose expert set changed; unchanged rows keep vanilla bits.
     same_set = (final_ids[:, :, None] == topk_ids.long()[:, None, :]).any(dim=2).all(dim=1)
     changed = valid & ~same_set
-    new_w = _final_weights(
-        x.gather(1, final_ids), x, topk_weights, scoring, weight_rule, scale
-    ).to(topk_weights.dtype)
+    new_w = _final_weights(x.gather(1, final_ids), x, topk_weights, scoring, weight_rule, scale).to(
+        topk_weights.dtype
+    )
     out_w = torch.where(changed[:, None], new_w, topk_weights)
     out_ids = torch.where(changed[:, None], final_ids.to(topk_ids.dtype), topk_ids)
 

@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${1:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+PIP=("$VENV/bin/python" -m pip install -qq --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip >/dev/null
 echo "[setup] torch 2.11.0 + triton"
 "${PIP[@]}" "torch==2.11.0"

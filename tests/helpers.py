@@ -31,8 +31,12 @@ class Shape:
 # One row per family, (E, k) from the real checkpoints' configs; alpha/beta from ALGORITHM.md.
 FAMILY_SHAPES = [
     pytest.param(Shape(128, 8, alpha=3.0, beta=2), id="qwen3-30b-a3b"),
-    pytest.param(Shape(64, 8, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4), id="qwen2-57b-a14b"),
-    pytest.param(Shape(60, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4), id="qwen1.5-moe-a2.7b"),
+    pytest.param(
+        Shape(64, 8, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4), id="qwen2-57b-a14b"
+    ),
+    pytest.param(
+        Shape(60, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4), id="qwen1.5-moe-a2.7b"
+    ),
     pytest.param(Shape(8, 2, alpha=0.7, beta=1), id="mixtral-8x7b"),
     pytest.param(
         Shape(160, 6, rule=WeightRule.PRESERVE_MASS, groups=8, topk_group=3, beta=2),
@@ -44,7 +48,9 @@ FAMILY_SHAPES = [
         id="deepseek-v3",
     ),
     pytest.param(Shape(128, 4, alpha=3.0, beta=2), id="gpt-oss-120b"),
-    pytest.param(Shape(16, 1, Scoring.SIGMOID, WeightRule.PRESERVE_MASS, beta=4), id="llama4-scout"),
+    pytest.param(
+        Shape(16, 1, Scoring.SIGMOID, WeightRule.PRESERVE_MASS, beta=4), id="llama4-scout"
+    ),
     pytest.param(Shape(7, 3, beta=3), id="odd-e7-k3"),
     pytest.param(Shape(33, 5, Scoring.SIGMOID, WeightRule.RAW, scale=1.5), id="odd-e33-k5-raw"),
     pytest.param(Shape(48, 4, rule=WeightRule.RAW, beta=1), id="odd-e48-softmax-raw"),

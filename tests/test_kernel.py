@@ -18,16 +18,14 @@ from lynx_ops.reference import remap_ref
 from lynx_ops.routing import MAX_BETA, Scoring, WeightRule
 from tests.helpers import (
     DEVICES,
-    clean_args,
     FAMILY_SHAPES,
     Shape,
+    clean_args,
     make_batch,
     near_bin_edge,
     op_args,
     run_kernel,
 )
-
-
 
 
 def assert_matches_reference(args, got):
@@ -73,8 +71,9 @@ def test_permuted_inputs(device):
     assert not xt.is_contiguous() and not idt.is_contiguous()
     args = op_args(shape, xt, wt, idt, bias, 16)
     assert_matches_reference(args, run_kernel(device, args))
-    assert torch.equal(run_kernel(device, args)[1], run_kernel(device, op_args(shape, x, w, ids,
-                                                                                bias, 16))[1])
+    assert torch.equal(
+        run_kernel(device, args)[1], run_kernel(device, op_args(shape, x, w, ids, bias, 16))[1]
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)

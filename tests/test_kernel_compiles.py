@@ -41,8 +41,14 @@ print("ok")
 
 @pytest.mark.parametrize(
     "scoring,rule,grouped,k,block_e",
-    [(0, 0, 0, 8, 128), (0, 1, 0, 6, 64), (0, 2, 0, 3, 8), (1, 1, 0, 1, 16), (1, 2, 0, 5, 64),
-     (2, 0, 1, 8, 256)],  # fmt: skip
+    [
+        (0, 0, 0, 8, 128),
+        (0, 1, 0, 6, 64),
+        (0, 2, 0, 3, 8),
+        (1, 1, 0, 1, 16),
+        (1, 2, 0, 5, 64),
+        (2, 0, 1, 8, 256),
+    ],  # fmt: skip
 )
 def test_compiles_for_sm90(scoring, rule, grouped, k, block_e):
     env = {key: v for key, v in os.environ.items() if key != "TRITON_INTERPRET"}

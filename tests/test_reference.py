@@ -140,9 +140,7 @@ def test_ungrouped_remap_would_cross_groups():
 
 
 def _changed_rows(ids, out_ids):
-    return [
-        t for t in range(ids.shape[0]) if set(ids[t].tolist()) != set(out_ids[t].tolist())
-    ]
+    return [t for t in range(ids.shape[0]) if set(ids[t].tolist()) != set(out_ids[t].tolist())]
 
 
 @pytest.mark.parametrize(
@@ -238,8 +236,19 @@ def test_remap_reduces_experts_on_a_shared_router():
         (lambda a: a.update(scoring=int(Scoring.SIGMOID_BIAS)), "needs correction_bias"),
         (lambda a: a.update(num_expert_group=3), "num_expert_group=3"),
     ],
-    ids=["f64", "1d", "int16", "k-mismatch", "num_valid-float", "alpha", "beta", "scoring",
-         "rule", "no-bias", "groups"],  # fmt: skip
+    ids=[
+        "f64",
+        "1d",
+        "int16",
+        "k-mismatch",
+        "num_valid-float",
+        "alpha",
+        "beta",
+        "scoring",
+        "rule",
+        "no-bias",
+        "groups",
+    ],  # fmt: skip
 )
 def test_bad_input_names_the_problem(mutate, match):
     x, w, ids, _ = make_batch(Shape(16, 2), 4, seed=0)

@@ -1,0 +1,22 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Every environment variable lynx_ops reads, documented where it is defined. Read lazily (at the
+call), never cached at import, so tests and subprocesses see the value in force."""
+
+from __future__ import annotations
+
+import os
+
+ENVIRONMENT_VARIABLES = {
+    # "1" turns the vLLM plugin on. Unset or "0": the plugin does nothing, vLLM is stock.
+    "VLLM_LYNX_ENABLED": lambda: (
+        os.environ.get("VLLM_LYNX_ENABLED", "0").strip().lower() in ("1", "true", "yes", "on")
+    ),
+    # Path of a JSON policy file (docs/MODELS.md) that overrides or adds family policies.
+    "VLLM_LYNX_CONFIG_FILE": lambda: os.environ.get("VLLM_LYNX_CONFIG_FILE") or None,
+}
+
+
+def __getattr__(name: str):
+    if name in ENVIRONMENT_VARIABLES:
+        return ENVIRONMENT_VARIABLES[name]()
+    raise AttributeError(name)

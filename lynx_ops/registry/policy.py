@@ -1,0 +1,116 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The validated, frozen Policy: everything `lynx::remap` needs to know about a model family."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from lynx_ops.routing import MAX_BETA, Scoring, WeightRule
+
+
+class PolicyError(ValueError):
+    """A policy value (from a file, the API or a model config) that cannot apply. The message names
+    the field, the value and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """How Lynx remaps one model family's routing.
+
+    alpha: bins are 1/alpha logit units wide (> 0). beta: bins below the top (1..MAX_BETA).
+    scoring / weight_rule: see lynx_ops.routing. scale: factor on RENORMALIZE/RAW weights (the
+    router's routed_scaling_factor where it applies it). num_expert_group: grouped top-k groups
+    (0 = ungrouped). layers: MoE layer indices to remap (None = all). source: where it came from.
+    """
+
+    family: str
+    alpha: float
+    beta: int
+    scoring: Scoring = Scoring.SOFTMAX
+    weight_rule: WeightRule = WeightRule.RENORMALIZE
+    scale: float = 1.0
+    num_expert_group: int = 0
+    layers: tuple[int, ...] | None = None
+    source: str = "builtin"
+
+    def __post_init__(self) -> None:
+        def bad(field: str, value, allowed: str) -> PolicyError:
+            return PolicyError(f"policy '{self.family}': {field}={value!r} invalid; {allowed}")
+
+        if not isinstance(self.family, str) or not self.family:
+            raise bad("family", self.family, "a non-empty name is required")
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not (math.isfinite(self.alpha) and self.alpha > 0)
+        ):
+            raise bad("alpha", self.alpha, "allowed: a finite number > 0")
+        if (
+            isinstance(self.beta, bool)
+            or not isinstance(self.beta, int)
+            or not (1 <= self.beta <= MAX_BETA)
+        ):
+            raise bad("beta", self.beta, f"allowed: an integer in [1, {MAX_BETA}]")
+        try:
+            object.__setattr__(self, "scoring", _enum(Scoring, self.scoring))
+        except (KeyError, ValueError):
+            raise bad("scoring", self.scoring, f"allowed: {_names(Scoring)}") from None
+        try:
+            object.__setattr__(self, "weight_rule", _enum(WeightRule, self.weight_rule))
+        except (KeyError, ValueError):
+            raise bad("weight_rule", self.weight_rule, f"allowed: {_names(WeightRule)}") from None
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not (math.isfinite(self.scale) and self.scale > 0)
+        ):
+            raise bad("scale", self.scale, "allowed: a finite number > 0")
+        if isinstance(self.num_expert_group, bool) or not isinstance(self.num_expert_group, int) \
+                or self.num_expert_group < 0:  # fmt: skip
+            raise bad("num_expert_group", self.num_expert_group, "allowed: an integer >= 0")
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+                raise bad("layers", self.layers, "allowed: null (all) or non-negative integers")
+            object.__setattr__(self, "layers", layers)
+
+    def applies_to_layer(self, index: int) -> bool:
+        return self.layers is None or index in self.layers
+
+    def check_model(self, num_experts: int, top_k: int) -> None:
+        """Raise PolicyError if this policy cannot apply to a model with these router shapes."""
+        if top_k > num_experts:
+            raise PolicyError(f"policy '{self.family}': top_k={top_k} > num_experts={num_experts}")
+        if self.num_expert_group > 1 and num_experts % self.num_expert_group:
+            raise PolicyError(
+                f"policy '{self.family}': num_expert_group={self.num_expert_group} does not divide "
+                f"num_experts={num_experts}"
+            )
+
+    def op_args(self) -> tuple:
+        """(alpha, beta, scoring, weight_rule, scale, num_expert_group) as torch.ops.lynx.remap
+        takes them after the tensors."""
+        return (float(self.alpha), self.beta, int(self.scoring), int(self.weight_rule),
+                float(self.scale), self.num_expert_group)  # fmt: skip
+
+    def describe(self) -> str:
+        groups = f", groups={self.num_expert_group}" if self.num_expert_group > 1 else ""
+        layers = "all MoE layers" if self.layers is None else f"layers {list(self.layers)}"
+        return (f"{self.family}: alpha={self.alpha:g} beta={self.beta} "
+                f"scoring={self.scoring.name.lower()} weights={self.weight_rule.name.lower()} "
+                f"scale={self.scale:g}{groups}, {layers} [{self.source}]")  # fmt: skip
+
+
+def _enum(cls, value):
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        return cls[value.upper()]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return cls(value)
+    raise ValueError(value)
+
+
+def _names(cls) -> list[str]:
+    return [m.name.lower() for m in cls]

@@ -1,0 +1,166 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Policy registry: built-in families, fallback, policy files, the registration API, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lynx_ops.registry import (
+    Policy,
+    PolicyError,
+    fallback_policy,
+    load_policy_file,
+    register_policy,
+    select_policy,
+)
+from lynx_ops.routing import MAX_BETA, Scoring, WeightRule
+
+# Excerpts of the real checkpoints' config.json (only the routing keys).
+CONFIGS = {
+    "qwen3-30b-a3b": {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+                      "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True},
+    "qwen2-57b-a14b": {"model_type": "qwen2_moe", "num_experts": 64, "num_experts_per_tok": 8,
+                       "norm_topk_prob": False},
+    "mixtral-8x7b": {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2,
+                     "hidden_size": 4096},
+    "mixtral-8x22b": {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2,
+                      "hidden_size": 6144},
+    "deepseek-v2": {"model_type": "deepseek_v2", "n_routed_experts": 160, "num_experts_per_tok": 6,
+                    "n_group": 8, "topk_group": 3, "topk_method": "group_limited_greedy",
+                    "scoring_func": "softmax", "norm_topk_prob": False},
+    "deepseek-v2-lite": {"model_type": "deepseek_v2", "n_routed_experts": 64,
+                         "num_experts_per_tok": 6, "n_group": 1, "topk_method": "greedy"},
+    "deepseek-v3": {"model_type": "deepseek_v3", "n_routed_experts": 256, "num_experts_per_tok": 8,
+                    "n_group": 8, "topk_group": 4, "topk_method": "noaux_tc",
+                    "scoring_func": "sigmoid", "norm_topk_prob": True},
+    "gpt-oss-120b": {"model_type": "gpt_oss", "num_local_experts": 128, "experts_per_token": 4},
+    "llama4-scout": {"model_type": "llama4", "architectures": ["Llama4ForConditionalGeneration"],
+                     "text_config": {"model_type": "llama4_text", "num_local_experts": 16,
+                                     "num_experts_per_tok": 1}},
+}  # fmt: skip
+
+# Expected (family, alpha, beta, scoring, weight_rule, groups), from ALGORITHM.md's defaults table.
+EXPECTED = {
+    "qwen3-30b-a3b": ("qwen3_moe", 3.0, 2, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
+    "qwen2-57b-a14b": ("qwen2_moe", 3.0, 4, Scoring.SOFTMAX, WeightRule.PRESERVE_MASS, 0),
+    "mixtral-8x7b": ("mixtral", 0.7, 1, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
+    "mixtral-8x22b": ("mixtral", 1.0, 1, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
+    "deepseek-v2": ("deepseek_v2", 1.0, 2, Scoring.SOFTMAX, WeightRule.PRESERVE_MASS, 8),
+    "deepseek-v2-lite": ("deepseek_v2", 1.0, 2, Scoring.SOFTMAX, WeightRule.PRESERVE_MASS, 0),
+    "deepseek-v3": ("deepseek_v3", 1.0, 2, Scoring.SIGMOID_BIAS, WeightRule.PRESERVE_MASS, 8),
+    "gpt-oss-120b": ("gpt_oss", 3.0, 2, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
+    "llama4-scout": ("llama4", 1.0, MAX_BETA, Scoring.SIGMOID, WeightRule.PRESERVE_MASS, 0),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_env_file(monkeypatch):
+    monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_builtin_families(name):
+    p = select_policy(CONFIGS[name]).policy
+    got = (p.family, p.alpha, p.beta, p.scoring, p.weight_rule, p.num_expert_group)
+    assert got == EXPECTED[name]
+
+
+def test_fallback_from_sparsity():
+    sel = select_policy({"model_type": "my_moe", "num_experts": 64, "num_experts_per_tok": 4})
+    assert (sel.policy.family, sel.policy.alpha, sel.policy.beta) == ("fallback", 3.0, 2)
+    few = fallback_policy(8, 2)
+    assert (few.alpha, few.beta) == (1.0, 1)
+    sig = select_policy({"model_type": "x", "num_experts": 32, "num_experts_per_tok": 2,
+                         "scoring_func": "sigmoid", "norm_topk_prob": False}).policy  # fmt: skip
+    assert sig.scoring == Scoring.SIGMOID and sig.weight_rule == WeightRule.PRESERVE_MASS
+
+
+def test_not_moe_and_dense_routing_stay_off():
+    assert select_policy({"model_type": "llama", "hidden_size": 4096}).policy is None
+    sel = select_policy({"model_type": "x", "num_experts": 4, "num_experts_per_tok": 4})
+    assert sel.policy is None and "every expert is active" in sel.reason
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def test_policy_file_overrides_only_what_it_sets(tmp_path, monkeypatch):
+    path = _write(tmp_path, {"policies": [{"model_type": "qwen3_moe", "alpha": 1.0,
+                                           "layers": [0, 2]}]})  # fmt: skip
+    monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", path)
+    p = select_policy(CONFIGS["qwen3-30b-a3b"]).policy
+    assert (p.alpha, p.beta, p.weight_rule) == (1.0, 2, WeightRule.RENORMALIZE)
+    assert p.applies_to_layer(2) and not p.applies_to_layer(1)
+    assert "policies[0]" in p.source
+
+
+def test_policy_file_adds_a_family_by_architecture(tmp_path):
+    path = _write(tmp_path, {"policies": [{"architecture": "MyMoeForCausalLM", "alpha": 2.0,
+                                           "beta": 3, "scoring": "sigmoid",
+                                           "weight_rule": "preserve_mass"}]})  # fmt: skip
+    cfg = {"model_type": "my_moe", "architectures": ["MyMoeForCausalLM"], "num_experts": 32,
+           "num_experts_per_tok": 4}  # fmt: skip
+    p = select_policy(cfg, config_file=path).policy
+    assert (p.alpha, p.beta, p.scoring, p.weight_rule) == (2.0, 3, Scoring.SIGMOID,
+                                                           WeightRule.PRESERVE_MASS)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{not json", "not valid JSON"),
+        ({"policy": []}, "at the top level"),
+        ({"policies": [{"model_type": "qwen3_moe", "alpha": -1}]}, r"alpha=-1 invalid.*> 0"),
+        ({"policies": [{"model_type": "qwen3_moe", "beta": 9}]}, r"beta=9 invalid.*\[1, 4\]"),
+        ({"policies": [{"model_type": "qwen3_moe", "beta": "2"}]}, r"beta='2' invalid"),
+        (
+            {"policies": [{"model_type": "qwen3_moe", "scoring": "tanh"}]},
+            r"scoring='tanh' invalid.*softmax",
+        ),
+        (
+            {"policies": [{"model_type": "qwen3_moe", "alhpa": 1}]},
+            r"unknown field\(s\) \['alhpa'\]",
+        ),
+        ({"policies": [{"alpha": 1}]}, "needs exactly one of"),
+        ({"policies": [{"model_type": "q", "layers": [-1]}]}, "layers"),
+    ],
+    ids=["json", "top", "alpha", "beta", "beta-type", "scoring", "typo", "no-match", "layers"],
+)
+def test_bad_policy_file_names_the_problem(tmp_path, content, match):
+    path = _write(tmp_path, content)
+    with pytest.raises(PolicyError, match=match) as e:
+        load_policy_file(path)
+    assert path in str(e.value)
+
+
+def test_missing_policy_file(tmp_path):
+    with pytest.raises(PolicyError, match="not found"):
+        select_policy(CONFIGS["qwen3-30b-a3b"], config_file=str(tmp_path / "nope.json"))
+
+
+def test_policy_validation_and_model_check():
+    with pytest.raises(PolicyError, match="weight_rule"):
+        Policy("x", alpha=1.0, beta=1, weight_rule="average")
+    p = Policy("x", alpha=1.0, beta=1, num_expert_group=3)
+    with pytest.raises(PolicyError, match="does not divide"):
+        p.check_model(num_experts=64, top_k=4)
+
+
+def test_register_policy_takes_precedence():
+    register_policy("my_qwen3", Policy("my_qwen3", alpha=0.5, beta=1),
+                    model_types=["qwen3_moe_custom"])  # fmt: skip
+    cfg = {"model_type": "qwen3_moe_custom", "num_experts": 64, "num_experts_per_tok": 4}
+    p = select_policy(cfg).policy
+    assert (p.alpha, p.beta, p.source) == (0.5, 1, "api:my_qwen3")
+    register_policy("my_builder", lambda c: Policy("b", alpha=2.0, beta=int(c["beta_hint"])),
+                    architectures=["BuiltMoe"])  # fmt: skip
+    p = select_policy({"architectures": ["BuiltMoe"], "beta_hint": 3, "num_experts": 8,
+                       "num_experts_per_tok": 2}).policy  # fmt: skip
+    assert p.beta == 3
+    with pytest.raises(PolicyError, match="model_types and/or architectures"):
+        register_policy("nothing", Policy("n", alpha=1.0, beta=1))
