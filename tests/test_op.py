@@ -97,11 +97,17 @@ def test_cuda_graph_replay_follows_the_data():
     x, w, ids, _ = (a.cuda() if a is not None else None for a in make_batch(shape, T, seed=0))
     num_valid = torch.tensor([T], dtype=torch.int32, device="cuda")
     static = (x, w, ids, num_valid, None, shape.alpha, shape.beta, 0, 0, 1.0, 0)
+    from lynx_ops.stats import ExpertStats
+
+    stats = ExpertStats(num_layers=1, device="cuda")
     torch.ops.lynx.remap(*static)  # warm-up compiles the kernel before capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = torch.ops.lynx.remap(*static)
+        stats.record(0, out[2])  # the per-layer counters must keep counting on replay
+    stats.reset()
+    sums = [0, 0]
     for step, n in enumerate([64, 17, 1, 40, 0, 64]):
         nx, nw, nids, _ = make_batch(shape, T, seed=100 + step)
         nx[n:] = float("nan")  # garbage in the padding rows
@@ -115,3 +121,26 @@ def test_cuda_graph_replay_follows_the_data():
         assert torch.equal(out[1].cpu(), want[1]), f"step {step}, n={n}"
         assert torch.equal(out[2].cpu(), want[2])
         torch.testing.assert_close(out[0].cpu(), want[0])
+        sums = [sums[0] + int(want[2][0]), sums[1] + int(want[2][1])]
+    snap = stats.snapshot()[0]
+    assert (snap.calls, snap.experts_before, snap.experts_after) == (6, *sums)
+
+
+@pytest.mark.parametrize("device", OP_DEVICES)
+def test_expert_stats_accumulate_per_layer(device):
+    from lynx_ops.stats import ExpertStats
+
+    shape = Shape(64, 6, alpha=2.0)
+    stats = ExpertStats(num_layers=3, device=device)
+    expected = {0: [0, 0, 0], 2: [0, 0, 0]}
+    for layer, seed in [(0, 1), (2, 2), (0, 3)]:
+        args = _to(op_args(shape, *make_batch(shape, 16, seed=seed), 16), device)
+        touched = torch.ops.lynx.remap(*args)[2]
+        stats.record(layer, touched)
+        want = remap_ref(*_to(args, "cpu"))[2].tolist()
+        expected[layer] = [expected[layer][0] + 1, expected[layer][1] + want[0],
+                           expected[layer][2] + want[1]]  # fmt: skip
+    snap = stats.snapshot()
+    assert [snap[0].calls, snap[0].experts_before, snap[0].experts_after] == expected[0]
+    assert [snap[2].calls, snap[2].experts_before, snap[2].experts_after] == expected[2]
+    assert snap[1].calls == 0 and snap[0].mean_after < snap[0].mean_before

@@ -1,0 +1,50 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Per-layer distinct-expert statistics, accumulated on the device with no host synchronisation.
+
+Each `lynx::remap` call returns `touched` ([2] int32: distinct experts over the valid rows before
+and after). `ExpertStats.record(layer, touched)` adds it, plus a call count, in place into a
+fixed-address device buffer, so it is captured by CUDA graphs and keeps counting on every replay.
+`snapshot()` copies the buffer to the host (one sync) when someone asks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+    layer: int
+    calls: int
+    experts_before: int  # summed over calls
+    experts_after: int
+
+    @property
+    def mean_before(self) -> float:
+        return self.experts_before / self.calls if self.calls else 0.0
+
+    @property
+    def mean_after(self) -> float:
+        return self.experts_after / self.calls if self.calls else 0.0
+
+
+class ExpertStats:
+    """[num_layers, 3] int64 device buffer: calls, sum of experts before, sum after."""
+
+    def __init__(self, num_layers: int, device: torch.device | str) -> None:
+        self.buffer = torch.zeros(num_layers, 3, dtype=torch.int64, device=device)
+        self._one = torch.ones(1, dtype=torch.int64, device=device)
+
+    def record(self, layer: int, touched: torch.Tensor) -> None:
+        row = self.buffer[layer]
+        row[:1].add_(self._one)
+        row[1:].add_(touched.to(torch.int64))
+
+    def reset(self) -> None:
+        self.buffer.zero_()
+
+    def snapshot(self) -> list[LayerStats]:
+        host = self.buffer.cpu().tolist()
+        return [LayerStats(i, c, b, a) for i, (c, b, a) in enumerate(host)]
