@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from lynx_ops.reference import remap_ref
-from lynx_ops.routing import MAX_BETA, MAX_KERNEL_ROWS, Scoring, WeightRule
+from lynx_ops.routing import MAX_BETA, MAX_KERNEL_EXPERTS, MAX_KERNEL_ROWS, Scoring, WeightRule
 
 SCHEMA = (
     "remap(Tensor scores, Tensor topk_weights, Tensor topk_ids, Tensor num_valid, "
@@ -122,8 +122,10 @@ def _remap_reference(*args):
 
 def _remap_cuda(*args):
     check_remap_inputs(*args)
-    num_rows = args[0].shape[0]
-    if num_rows > MAX_KERNEL_ROWS:  # counts would overflow the kernel's 12-bit histogram fields
+    num_rows, num_experts = args[0].shape
+    # Beyond these, counts would overflow the kernel's 12-bit histogram fields or the expert index
+    # its 10 key bits; the dense reference is capture-safe too.
+    if num_rows > MAX_KERNEL_ROWS or num_experts > MAX_KERNEL_EXPERTS:
         return _remap_reference(*args)
     from lynx_ops.kernels.remap import remap_triton  # lazy: keeps `import lynx_ops` Triton-free
 

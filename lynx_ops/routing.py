@@ -17,6 +17,8 @@ MAX_BETA = 4
 # Largest padded batch the Triton kernel takes: histogram counts must fit their 12-bit fields.
 # Larger decode batches (beyond vLLM's usual max_num_seqs) run the plain-torch implementation.
 MAX_KERNEL_ROWS = 4095
+# Expert index lives in 10 key bits in the kernel; larger routers use the reference.
+MAX_KERNEL_EXPERTS = 1024
 
 
 class Scoring(enum.IntEnum):

@@ -11,6 +11,10 @@ Router logits: Gaussian, std 2 logits, plus a per-expert skew (std 1): a realist
 spread, not dummy weights. The latency does not depend much on the values.
 
     python perf/bench_kernel.py --out perf/results/kernel_latency_h100.csv
+    python perf/bench_kernel.py --sweep --out perf/results/kernel_sweep_h100.csv
+
+`--sweep` times each launch shape (fused in one program; split in three launches at several block
+sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/configs.py were chosen.
 """
 
 from __future__ import annotations
@@ -81,14 +85,57 @@ def _eager_time_us(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _sweep(args, prov) -> list[dict]:
+    from lynx_ops.kernels.configs import fused_config, split_config
+    from lynx_ops.kernels.remap import remap_triton
+
+    rows = []
+    for name, shape in SHAPES.items():
+        block_e = 1 << (shape.E - 1).bit_length()
+        for T in args.batches:
+            x, w, ids, bias = (a.cuda() if a is not None else None
+                               for a in make_batch(shape, T, seed=T))  # fmt: skip
+            a = op_args(shape, x, w, ids, bias, T)
+            configs = {
+                f"split{tile}": split_config(shape.E, tile) for tile in (256, 512, 1024, 2048)
+            }
+            if (1 << (T - 1).bit_length()) * block_e <= 16384:
+                configs["fused"] = fused_config(T, shape.E)
+            times = {}
+            for label, cfg in configs.items():
+                times[label] = _graph_time_us(
+                    lambda a=a, cfg=cfg: remap_triton(*a, config=cfg), args.repeats
+                )  # fmt: skip
+            best = min(times, key=times.get)
+            rows.append(
+                {
+                    "shape": name,
+                    "E": shape.E,
+                    "k": shape.k,
+                    "T": T,
+                    "best": best,
+                    **{f"{lbl}_us": round(v, 2) for lbl, v in times.items()},
+                    **prov,
+                }
+            )
+            print(f"{name:32s} T={T:4d} " + " ".join(f"{lbl}={v:.2f}" for lbl, v in times.items())
+                  + f"  best={best}", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--out", default="perf/results/kernel_latency.csv")
     ap.add_argument("--batches", type=int, nargs="*", default=BATCHES)
+    ap.add_argument("--sweep", action="store_true", help="time every launch shape, see above")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
     prov = provenance()
+    if args.sweep:
+        write_csv(args.out, _sweep(args, prov))
+        print(f"wrote {args.out}")
+        return
     rows = []
     for name, shape in SHAPES.items():
         for T in args.batches:

@@ -9,3 +9,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -m pytest tests -m cuda -q -p no:cacheprovider -o addopts="" -rfEs 2>&1 | tee "$OUT/cuda_tests.log" | tail -25
 echo "cuda tests exit: ${PIPESTATUS[0]}"
 python3 perf/bench_kernel.py --out "$OUT/kernel_latency.csv" 2>&1 | tee "$OUT/bench_kernel.log" | tail -14
+if [ "${LYNX_SWEEP:-0}" = 1 ]; then
+  python3 perf/bench_kernel.py --sweep --repeats 20 --out "$OUT/kernel_sweep.csv" 2>&1 | tee "$OUT/bench_sweep.log" | tail -50
+fi

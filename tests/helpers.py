@@ -155,11 +155,33 @@ DEVICES = [
 ]
 
 
-def run_kernel(device: str, args):
-    """The Triton kernel on `device`: the interpreter on CPU tensors, or the op on CUDA."""
-    if device == "interpreter":
-        from lynx_ops.kernels.remap import remap_triton
+PATHS = ["auto", "fused", "split"]
 
-        return remap_triton(*args)
-    moved = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-    return tuple(t.cpu() for t in torch.ops.lynx.remap(*moved))
+
+def path_config(path: str, args):
+    """Launch shape for a test: the default choice, forced fused, or forced split with small blocks
+    (several blocks even for small T, so the cross-block partials and the last-block count run)."""
+    from lynx_ops.kernels.configs import fused_config, split_config
+
+    num_rows, num_experts = args[0].shape
+    if path == "fused":
+        return fused_config(num_rows, num_experts)
+    if path == "split":
+        return split_config(num_experts, tile=2 * triton_next_pow2(num_experts))
+    return None
+
+
+def triton_next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+def run_kernel(device: str, args, path: str = "auto"):
+    """The Triton kernel on `device`: the interpreter on CPU tensors, or compiled on CUDA. The
+    "auto" path goes through the op on CUDA (its checks and dispatch included)."""
+    if device == "cuda":
+        args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    if device == "cuda" and path == "auto":
+        return tuple(t.cpu() for t in torch.ops.lynx.remap(*args))
+    from lynx_ops.kernels.remap import remap_triton
+
+    return tuple(t.cpu() for t in remap_triton(*args, config=path_config(path, args)))

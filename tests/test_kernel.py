@@ -19,6 +19,7 @@ from lynx_ops.routing import MAX_BETA, Scoring, WeightRule
 from tests.helpers import (
     DEVICES,
     FAMILY_SHAPES,
+    PATHS,
     Shape,
     clean_args,
     make_batch,
@@ -40,11 +41,12 @@ def assert_matches_reference(args, got):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", FAMILY_SHAPES)
 @pytest.mark.parametrize("T,n", [(1, 1), (5, 3), (32, 32), (67, 50)], ids=lambda v: str(v))
-def test_family_shapes(device, shape, T, n):
+def test_family_shapes(device, path, shape, T, n):
     args = clean_args(shape, T, n, seed=T * 131 + shape.E)
-    assert_matches_reference(args, run_kernel(device, args))
+    assert_matches_reference(args, run_kernel(device, args, path))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -91,7 +93,7 @@ def test_padding_garbage(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_multiple_row_blocks(device):
-    """More rows than one block holds (E=256: 16 rows a block) exercises the row loops."""
+    """More rows than the fused path takes (E=256: 16 rows): the default split launch."""
     shape = Shape(256, 8, Scoring.SIGMOID_BIAS, groups=8, topk_group=4, scale=2.5)
     args = clean_args(shape, 130, 117, seed=10)
     assert_matches_reference(args, run_kernel(device, args))
@@ -120,11 +122,12 @@ def _cases(draw):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("path", ["fused", "split"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=_cases())
-def test_random_against_reference(device, case):
+def test_random_against_reference(device, path, case):
     shape, T, n, spread, dtype, seed = case
     x, w, ids, bias = make_batch(shape, T, seed=seed, spread=spread, dtype=dtype)
     args = op_args(shape, x, w, ids, bias, n)
     assume(not near_bin_edge(args))
-    assert_matches_reference(args, run_kernel(device, args))
+    assert_matches_reference(args, run_kernel(device, args, path))

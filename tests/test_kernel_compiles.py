@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The kernel compiles for Hopper (sm_90) with Triton's own compiler, no GPU needed.
+"""The kernels compile for Hopper (sm_90) with Triton's own compiler, no GPU needed.
 
 The interpreter accepts Python the compiler rejects (non-constexpr globals, dtype mixes), so CI also
 compiles every constexpr branch down to a cubin with Triton's bundled ptxas. It runs in a fresh
@@ -19,22 +19,23 @@ _SCRIPT = r"""
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lynx_ops.kernels.remap import _lynx_remap_kernel as kernel
+from lynx_ops.kernels import remap
 scoring, rule, grouped, k, block_e = (int(v) for v in sys.argv[1:])
-sig = {
-    "x_ptr": "*bf16", "sx_t": "i32", "sx_e": "i32", "w_ptr": "*fp32", "sw_t": "i32", "sw_k": "i32",
-    "id_ptr": "*i32", "si_t": "i32", "si_k": "i32", "n_ptr": "*i32", "bias_ptr": "*fp32",
-    "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "T": "i32", "E": "i32",
-    "alpha": "fp32", "scale": "fp32", "group_size": "i32",
+types = {  # argument name -> type; pointers to partial buffers by their element type
+    "x_ptr": "*bf16", "w_ptr": "*fp32", "id_ptr": "*i32", "n_ptr": "*i32", "bias_ptr": "*fp32",
+    "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "counter_ptr": "*i32",
+    "hist_ptr": "*i64", "kept_ptr": "*i8", "before_ptr": "*i8", "after_ptr": "*i8",
+    "alpha": "fp32", "scale": "fp32",
 }
 const = dict(K=k, BETA=2, SCORING=scoring, RULE=rule, GROUPED=bool(grouped), EPS=1e-6,
-             BLOCK_T=16, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k))
-sig.update({name: "constexpr" for name in const})
-names = kernel.arg_names
-src = ASTSource(fn=kernel, signature=sig,
-                constexprs={(names.index(n),): v for n, v in const.items()})
-compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
-assert compiled.asm.get("cubin"), "no cubin"
+             BLOCK_T=16, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k), CHUNK=8)
+for kernel in (remap._fused_kernel, remap._hist_kernel, remap._vote_kernel, remap._final_kernel):
+    names = kernel.arg_names
+    sig = {n: "constexpr" if n in const else types.get(n, "i32") for n in names}
+    src = ASTSource(fn=kernel, signature=sig,
+                    constexprs={(names.index(n),): v for n, v in const.items() if n in names})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert compiled.asm.get("cubin"), f"no cubin for {kernel.fn.__name__}"
 print("ok")
 """
 

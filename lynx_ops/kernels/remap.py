@@ -1,25 +1,31 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Triton kernel for `lynx::remap` and its launcher.
+"""Triton kernels for `lynx::remap` and their launcher.
 
-One launch, one program. The remap needs two batch-wide reductions (the bin histogram, then the
-union of the rows' candidates) before any row's final choice is known; a single program holds both
-in registers, so there is no scratch memory, no atomics (the result is bitwise deterministic on every
-GPU and tensor-parallel rank) and no second launch. The program walks the rows in blocks, three
-passes:
+The remap needs two batch-wide reductions before any row's final choice is known: the bin
+histogram (step 3), then the union of the rows' candidates (step 5). Two launch shapes:
 
-  A. bins and the packed histogram over valid rows (and the experts the vanilla choice touches);
-  B. each valid row's k candidates by (bin, histogram, own gap), OR-ed into the kept set;
-  C. each row's k best experts by score inside the kept set, weights, output, experts touched.
+* fused: one program holds the whole padded batch (small T): load once, histogram, votes, final
+  choice, all in registers, one launch;
+* split: three row-parallel launches over blocks of rows (large T), with the batch-wide reductions
+  between them going through small per-block partials in scratch memory:
+    1. `_hist_kernel`: each block's packed bin histogram;
+    2. `_vote_kernel`: sums the partial histograms, each block's rows vote, the block's kept set;
+    3. `_final_kernel`: ORs the kept sets, final choice, weights, outputs, experts touched.
 
-The valid-row count is read on the device, so a CUDA graph captured at padded size T replays
-correctly for any n <= T; passes A and B loop only to n. The grid is (1,) whatever the data.
+Partials are summed as integers in a fixed order, with no float atomics, so the result is bitwise
+deterministic on every GPU and tensor-parallel rank. The valid-row count is read on the device and
+the grid depends on the padded size only, so a CUDA graph captured at T replays correctly for any
+n <= T.
 
-Packed histogram: bin j (q = -j) of expert e counts in bits [12*(BETA-j), 12*(BETA-j)+12) of an
-int64, so comparing packed values compares the count vectors (c0, c1, ..., cBETA)
-lexicographically. The candidate key puts (q + BETA) above it at bit 60. The reference votes with
-the leave-one-out histogram; this kernel uses the full one. Both give the same order: experts are
-only compared within one bin q, and removing the voting row subtracts 1 from the same column of
-every expert in that bin.
+Keys, so that each of the k selections of a row costs one or two row reductions (intra-warp):
+* vote, first key: (q + BETA) << 60 | packed histogram. Bin j (q = -j) of expert e counts in bits
+  [12*(BETA-j), 12*(BETA-j)+12), so comparing packed values compares the count vectors
+  (c0, ..., cBETA) lexicographically; counts stay below 4096 because T <= MAX_KERNEL_ROWS.
+  The reference votes with the leave-one-out histogram; the full one gives the same order because
+  experts are only compared within one bin, and removing the voting row subtracts 1 from the same
+  column of every expert in that bin.
+* vote, second key (ties of the first): the row's own gap as sortable bits, then the lower index.
+* final choice: the score as sortable bits, then the lower index.
 """
 
 from __future__ import annotations
@@ -28,19 +34,26 @@ import torch
 import triton
 import triton.language as tl
 
-from lynx_ops.kernels.configs import launch_config
+from lynx_ops.kernels.configs import LaunchConfig, launch_config
 from lynx_ops.routing import SIGMOID_BIAS_EPS, Scoring, WeightRule
 
-_NEG_INF = tl.constexpr(float("-inf"))  # globals used in @triton.jit must be constexpr
+# Globals used in @triton.jit must be constexpr.
+_NEG_INF = tl.constexpr(float("-inf"))
+_INT64_MIN = tl.constexpr(-(2**63))
+# Keys carry 1023 - expert index in their low 10 bits (E <= 1024): ties go to the lower index.
+_IDX_BITS = tl.constexpr(10)
 
 
 @triton.jit
-def _load_scores(
+def _load_block(
     x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-    rows, row_ok, cols, col_ok, group_size,
-    K: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr, EPS: tl.constexpr,
+    rows, row_ok, cols, col_ok, group_size, alpha,
+    K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
+    EPS: tl.constexpr,
 ):  # fmt: skip
-    """Raw logits x, selection scores s (-inf where not allowed) and the allowed mask, [BT, BE]."""
+    """One block of rows, [BT, BE]: raw logits x, selection scores s (-inf where not allowed),
+    the allowed mask, the gap d to the row's best expert, its bin q (-(BETA+1) where not
+    allowed) and the vanilla expert mask."""
     m2 = row_ok[:, None] & col_ok[None, :]
     x = tl.load(x_ptr + rows[:, None] * sx_t + cols[None, :] * sx_e, mask=m2, other=0.0)
     x = x.to(tl.float32)
@@ -51,151 +64,251 @@ def _load_scores(
         s = tl.log(p) - tl.log(1.0 - p)
     else:
         s = x
-    allowed = m2
-    if GROUPED:  # only groups the vanilla choice already uses (see reference.vanilla_group_mask)
-        in_group = tl.zeros_like(m2)
-        for j in tl.static_range(K):
-            vid = tl.load(id_ptr + rows * si_t + j * si_k, mask=row_ok, other=0).to(tl.int32)
+    vanilla = tl.zeros_like(m2)
+    in_group = tl.zeros_like(m2)
+    for j in tl.static_range(K):
+        vid = tl.load(id_ptr + rows * si_t + j * si_k, mask=row_ok, other=-1).to(tl.int32)
+        vanilla = vanilla | (cols[None, :] == vid[:, None])
+        if GROUPED:  # only groups the vanilla choice already uses (reference.vanilla_group_mask)
             in_group = in_group | ((cols[None, :] // group_size) == (vid // group_size)[:, None])
+    allowed = m2
+    if GROUPED:
         allowed = allowed & in_group
     s = tl.where(allowed, s, _NEG_INF)
-    return x, s, allowed
-
-
-@triton.jit
-def _bins(s, allowed, alpha, BETA: tl.constexpr):
-    """Gap d to the row's best expert and its bin q in {0..-BETA}; -(BETA+1) where not allowed."""
     m = tl.max(s, axis=1)
     m = tl.where(m == _NEG_INF, 0.0, m)  # rows with nothing allowed (masked rows): no inf - inf
     d = s - m[:, None]
     q = tl.maximum(tl.ceil(alpha * d), -BETA).to(tl.int32)
     q = tl.where(allowed, q, -(BETA + 1))
-    return d, q
+    return x, s, allowed, d, q, vanilla
 
 
 @triton.jit
-def _lynx_remap_kernel(
-    x_ptr, sx_t, sx_e,
-    w_ptr, sw_t, sw_k,
-    id_ptr, si_t, si_k,
-    n_ptr, bias_ptr,
+def _block_hist(q, valid, BETA: tl.constexpr):
+    """[BE] int64: packed bin histogram of this block's valid rows."""
+    field = (12 * tl.maximum(BETA + q, 0)).to(tl.int64)
+    one = tl.full(q.shape, 1, dtype=tl.int64)
+    return tl.sum(tl.where(valid[:, None] & (q >= -BETA), one << field, 0), axis=0)
+
+
+@triton.jit
+def _block_kept(d, q, allowed, hist, valid, cols, K: tl.constexpr, BETA: tl.constexpr):
+    """[BE] int32: 1 for experts among the k candidates of some valid row of this block."""
+    key1 = tl.where(allowed, ((BETA + q).to(tl.int64) << 60) | hist[None, :], -1)
+    gap = 0x7FFFFFFF - tl.abs(d).to(tl.int32, bitcast=True)  # smaller |d| -> larger
+    key2 = (gap.to(tl.int64) << _IDX_BITS) | (1023 - cols).to(tl.int64)[None, :]
+    voted = tl.zeros(key1.shape, dtype=tl.int1)
+    for _ in tl.static_range(K):
+        best1 = tl.max(key1, axis=1)
+        tie = key1 == best1[:, None]
+        best2 = tl.max(tl.where(tie, key2, -1), axis=1)
+        chosen = tie & (key2 == best2[:, None])
+        voted = voted | chosen
+        key1 = tl.where(chosen, -2, key1)
+    return tl.max((voted & valid[:, None]).to(tl.int32), axis=0)
+
+
+@triton.jit
+def _block_final(
+    x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
+    x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
+    E, scale,
+    K: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Final choice inside the kept set, weights and outputs for every row of the block (padding
+    rows get their vanilla values). Returns [BE] int32 masks of the experts the block's valid rows
+    use before and after."""
+    kcols = tl.arange(0, BLOCK_K)
+    k_ok = kcols < K
+    bits = s.to(tl.int32, bitcast=True)
+    sortable = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed-integer order
+    key = (sortable.to(tl.int64) << _IDX_BITS) | (1023 - cols).to(tl.int64)[None, :]
+    key = tl.where(allowed & (kept[None, :] > 0), key, _INT64_MIN)
+    # -1 in the padded columns (k not a power of two) so they never match a vanilla id
+    new_ids = tl.full([s.shape[0], BLOCK_K], -1, dtype=tl.int32)
+    final = tl.zeros(key.shape, dtype=tl.int1)
+    for i in tl.static_range(K):
+        best = tl.max(key, axis=1)
+        chosen = key == best[:, None]
+        final = final | chosen
+        pick = 1023 - (best & 1023).to(tl.int32)
+        new_ids = tl.where(kcols[None, :] == i, pick[:, None], new_ids)
+        key = tl.where(chosen, _INT64_MIN, key)
+
+    mk = row_ok[:, None] & k_ok[None, :]
+    v_ids = tl.load(id_ptr + rows[:, None] * si_t + kcols[None, :] * si_k, mask=mk, other=0)
+    v_w = tl.load(w_ptr + rows[:, None] * sw_t + kcols[None, :] * sw_k, mask=mk, other=0.0)
+    # Same expert set as vanilla? Then the row keeps the vanilla ids and weights bit for bit.
+    changed = valid & (tl.max((final != vanilla).to(tl.int32), axis=1) > 0)
+
+    # Weights of the final experts with the family's rule (ALGORITHM.md step 7). Logits of the
+    # chosen experts are gathered from memory (the block is in L1/L2 already).
+    id_ok = mk & (new_ids >= 0) & (new_ids < E)
+    x_sel = tl.load(x_ptr + rows[:, None] * sx_t + new_ids * sx_e, mask=id_ok, other=0.0)
+    x_sel = tl.where(k_ok[None, :], x_sel.to(tl.float32), _NEG_INF)
+    if SCORING == 0:
+        if RULE == 2:  # full-softmax probability
+            m_all = tl.max(tl.where(col_ok[None, :], x, _NEG_INF), axis=1)
+            z_all = tl.sum(tl.where(col_ok[None, :], tl.exp(x - m_all[:, None]), 0.0), axis=1)
+            p = tl.exp(x_sel - m_all[:, None]) / z_all[:, None]
+        else:
+            e = tl.exp(x_sel - tl.max(x_sel, axis=1)[:, None])
+            p = e / tl.sum(e, axis=1)[:, None]
+    else:
+        p = tl.where(k_ok[None, :], 1.0 / (1.0 + tl.exp(-x_sel)), 0.0)
+        if RULE != 2:
+            p = p / tl.sum(p, axis=1)[:, None]
+    if RULE == 1:  # preserve the vanilla row's weight mass
+        p = p * tl.sum(v_w.to(tl.float32), axis=1)[:, None]
+    else:
+        p = p * scale
+
+    out_ids = tl.where(changed[:, None], new_ids.to(v_ids.dtype), v_ids)
+    out_w = tl.where(changed[:, None], p.to(v_w.dtype), v_w)
+    out_off = rows[:, None] * K + kcols[None, :]
+    tl.store(out_id_ptr + out_off, out_ids, mask=mk)
+    tl.store(out_w_ptr + out_off, out_w, mask=mk)
+
+    used = tl.where(changed[:, None], final, vanilla) & valid[:, None]
+    before = tl.max((vanilla & valid[:, None]).to(tl.int32), axis=0)
+    after = tl.max(used.to(tl.int32), axis=0)
+    return before, after
+
+
+@triton.jit
+def _num_valid(n_ptr, T):
+    n = tl.load(n_ptr).to(tl.int32)
+    return tl.minimum(tl.maximum(n, 0), T)
+
+
+@triton.jit
+def _sum_partials(ptr, P, cols, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, VOLATILE: tl.constexpr):
+    """[BE] int64: sum over the P per-block rows of a [P, BE] partial buffer, in a fixed order."""
+    acc = tl.zeros([BLOCK_E], dtype=tl.int64)
+    for p0 in range(0, P, CHUNK):
+        pr = p0 + tl.arange(0, CHUNK)
+        tile = tl.load(
+            ptr + pr[:, None] * BLOCK_E + cols[None, :],
+            mask=(pr < P)[:, None], other=0, volatile=VOLATILE,
+        )  # fmt: skip
+        acc += tl.sum(tile.to(tl.int64), axis=0)
+    return acc
+
+
+@triton.jit
+def _fused_kernel(
+    x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
     out_w_ptr, out_id_ptr, touched_ptr,
     T, E, alpha, scale, group_size,
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
     GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    n = tl.load(n_ptr).to(tl.int32)
-    n = tl.minimum(tl.maximum(n, 0), T)
+    """Whole batch (T <= BLOCK_T) in one program."""
+    n = _num_valid(n_ptr, T)
+    rows = tl.arange(0, BLOCK_T)
+    row_ok = rows < T
+    valid = rows < n
     cols = tl.arange(0, BLOCK_E)
     col_ok = cols < E
-    kcols = tl.arange(0, BLOCK_K)
-    k_ok = kcols < K
+    x, s, allowed, d, q, vanilla = _load_block(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
+        rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
+    )  # fmt: skip
+    hist = _block_hist(q, valid, BETA)
+    kept = _block_kept(d, q, allowed, hist, valid, cols, K, BETA)
+    before, after = _block_final(
+        x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
+        x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
+        E, scale, K, SCORING, RULE, BLOCK_K,
+    )  # fmt: skip
+    tl.store(touched_ptr, tl.sum(before, axis=0))
+    tl.store(touched_ptr + 1, tl.sum(after, axis=0))
 
-    # ---- pass A: packed histogram of bins over valid rows; experts the vanilla choice touches.
-    hist = tl.zeros([BLOCK_E], dtype=tl.int64)
-    touched_before = tl.zeros([BLOCK_E], dtype=tl.int32)
-    for t0 in range(0, n, BLOCK_T):
-        rows = t0 + tl.arange(0, BLOCK_T)
-        valid = rows < n
-        x, s, allowed = _load_scores(
-            x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-            rows, valid, cols, col_ok, group_size, K, SCORING, GROUPED, EPS,
-        )  # fmt: skip
-        d, q = _bins(s, allowed, alpha, BETA)
-        field = (12 * (BETA + q)).to(tl.int64)
-        one = tl.full([BLOCK_T, BLOCK_E], 1, dtype=tl.int64)
-        hist += tl.sum(tl.where(valid[:, None] & (q >= -BETA), one << field, 0), axis=0)
-        for j in tl.static_range(K):
-            vid = tl.load(id_ptr + rows * si_t + j * si_k, mask=valid, other=-1).to(tl.int32)
-            hit = (vid[:, None] == cols[None, :]) & valid[:, None]
-            touched_before = tl.maximum(touched_before, tl.max(hit.to(tl.int32), axis=0))
 
-    # ---- pass B: each valid row votes for its k best experts by (bin, histogram, own gap).
-    kept = tl.zeros([BLOCK_E], dtype=tl.int32)
-    for t0 in range(0, n, BLOCK_T):
-        rows = t0 + tl.arange(0, BLOCK_T)
-        valid = rows < n
-        x, s, allowed = _load_scores(
-            x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-            rows, valid, cols, col_ok, group_size, K, SCORING, GROUPED, EPS,
-        )  # fmt: skip
-        d, q = _bins(s, allowed, alpha, BETA)
-        key = tl.where(allowed, ((BETA + q).to(tl.int64) << 60) | hist[None, :], -1)
-        for _ in tl.static_range(K):
-            best_key = tl.max(key, axis=1)
-            tie = key == best_key[:, None]
-            best_d = tl.max(tl.where(tie, d, _NEG_INF), axis=1)
-            tie = tie & (d == best_d[:, None])
-            pick = tl.min(tl.where(tie, cols[None, :], BLOCK_E), axis=1)
-            chosen = cols[None, :] == pick[:, None]
-            kept = tl.maximum(kept, tl.max((chosen & valid[:, None]).to(tl.int32), axis=0))
-            key = tl.where(chosen, -2, key)
+@triton.jit
+def _hist_kernel(
+    x_ptr, sx_t, sx_e, id_ptr, si_t, si_k, n_ptr, bias_ptr, hist_ptr, counter_ptr,
+    T, E, alpha, group_size,
+    K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
+    EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+):  # fmt: skip
+    """Launch 1 of 3: this block's packed histogram into hist[pid]."""
+    pid = tl.program_id(0)
+    n = _num_valid(n_ptr, T)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    valid = rows < n
+    x, s, allowed, d, q, vanilla = _load_block(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
+        rows, valid, cols, cols < E, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
+    )  # fmt: skip
+    tl.store(hist_ptr + pid * BLOCK_E + cols, _block_hist(q, valid, BETA))
+    if pid == 0:  # launch 3 counts finished blocks here; launches on one stream run in order
+        tl.store(counter_ptr, 0)
 
-    # ---- pass C: final choice inside the kept set, weights, output for every row (padding too).
-    touched_after = tl.zeros([BLOCK_E], dtype=tl.int32)
-    for t0 in range(0, T, BLOCK_T):
-        rows = t0 + tl.arange(0, BLOCK_T)
-        row_ok = rows < T
-        valid = rows < n
-        x, s, allowed = _load_scores(
-            x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-            rows, row_ok, cols, col_ok, group_size, K, SCORING, GROUPED, EPS,
-        )  # fmt: skip
-        s_kept = tl.where(kept[None, :] > 0, s, _NEG_INF)
-        # -1 in the padded columns (k not a power of two) so they never match a vanilla id
-        new_ids = tl.full([BLOCK_T, BLOCK_K], -1, dtype=tl.int32)
-        new_x = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
-        for i in tl.static_range(K):
-            best = tl.max(s_kept, axis=1)
-            pick = tl.min(tl.where(s_kept == best[:, None], cols[None, :], BLOCK_E), axis=1)
-            chosen = cols[None, :] == pick[:, None]
-            x_pick = tl.sum(tl.where(chosen, x, 0.0), axis=1)
-            new_ids = tl.where(kcols[None, :] == i, pick[:, None], new_ids)
-            new_x = tl.where(kcols[None, :] == i, x_pick[:, None], new_x)
-            s_kept = tl.where(chosen, _NEG_INF, s_kept)
 
-        mk = row_ok[:, None] & k_ok[None, :]
-        v_ids = tl.load(id_ptr + rows[:, None] * si_t + kcols[None, :] * si_k, mask=mk, other=0)
-        v_w = tl.load(w_ptr + rows[:, None] * sw_t + kcols[None, :] * sw_k, mask=mk, other=0.0)
+@triton.jit
+def _vote_kernel(
+    x_ptr, sx_t, sx_e, id_ptr, si_t, si_k, n_ptr, bias_ptr, hist_ptr, kept_ptr,
+    T, E, P, alpha, group_size,
+    K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
+    EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Launch 2 of 3: batch histogram, this block's votes, its kept set into kept[pid]."""
+    pid = tl.program_id(0)
+    n = _num_valid(n_ptr, T)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    valid = rows < n
+    hist = _sum_partials(hist_ptr, P, cols, BLOCK_E, CHUNK, False)
+    x, s, allowed, d, q, vanilla = _load_block(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
+        rows, valid, cols, cols < E, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
+    )  # fmt: skip
+    kept = _block_kept(d, q, allowed, hist, valid, cols, K, BETA)
+    tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
 
-        # Same expert set as vanilla? Then the row keeps the vanilla ids and weights bit for bit.
-        found = tl.max((new_ids[:, :, None] == v_ids.to(tl.int32)[:, None, :]).to(tl.int32), axis=1)
-        found = tl.where(k_ok[None, :], found, 1)
-        changed = valid & (tl.min(found, axis=1) == 0)
 
-        # Weights of the final experts with the family's rule (ALGORITHM.md step 7).
-        x_sel = tl.where(k_ok[None, :], new_x, _NEG_INF)
-        if SCORING == 0:
-            if RULE == 2:  # full-softmax probability
-                m_all = tl.max(tl.where(col_ok[None, :], x, _NEG_INF), axis=1)
-                z_all = tl.sum(tl.where(col_ok[None, :], tl.exp(x - m_all[:, None]), 0.0), axis=1)
-                p = tl.exp(x_sel - m_all[:, None]) / z_all[:, None]
-            else:
-                e = tl.exp(x_sel - tl.max(x_sel, axis=1)[:, None])
-                p = e / tl.sum(e, axis=1)[:, None]
-        else:
-            p = tl.where(k_ok[None, :], 1.0 / (1.0 + tl.exp(-new_x)), 0.0)
-            if RULE != 2:
-                p = p / tl.sum(p, axis=1)[:, None]
-        if RULE == 1:  # preserve the vanilla row's weight mass
-            p = p * tl.sum(v_w.to(tl.float32), axis=1)[:, None]
-        else:
-            p = p * scale
-
-        out_ids = tl.where(changed[:, None], new_ids.to(v_ids.dtype), v_ids)
-        out_w = tl.where(changed[:, None], p.to(v_w.dtype), v_w)
-        out_off = rows[:, None] * K + kcols[None, :]
-        tl.store(out_id_ptr + out_off, out_ids, mask=mk)
-        tl.store(out_w_ptr + out_off, out_w, mask=mk)
-
-        for j in tl.static_range(K):
-            oid = tl.sum(tl.where(kcols[None, :] == j, out_ids, 0), axis=1).to(tl.int32)
-            hit = (oid[:, None] == cols[None, :]) & valid[:, None]
-            touched_after = tl.maximum(touched_after, tl.max(hit.to(tl.int32), axis=0))
-
-    tl.store(touched_ptr, tl.sum(touched_before, axis=0))
-    tl.store(touched_ptr + 1, tl.sum(touched_after, axis=0))
+@triton.jit
+def _final_kernel(
+    x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
+    kept_ptr, before_ptr, after_ptr, counter_ptr, out_w_ptr, out_id_ptr, touched_ptr,
+    T, E, P, alpha, scale, group_size,
+    K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
+    GROUPED: tl.constexpr, EPS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Launch 3 of 3: final choice and outputs for this block (padding rows too); the last block
+    to finish counts the experts touched over all blocks."""
+    pid = tl.program_id(0)
+    n = _num_valid(n_ptr, T)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    row_ok = rows < T
+    valid = rows < n
+    cols = tl.arange(0, BLOCK_E)
+    col_ok = cols < E
+    kept = _sum_partials(kept_ptr, P, cols, BLOCK_E, CHUNK, False)
+    x, s, allowed, d, q, vanilla = _load_block(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
+        rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
+    )  # fmt: skip
+    before, after = _block_final(
+        x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
+        x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
+        E, scale, K, SCORING, RULE, BLOCK_K,
+    )  # fmt: skip
+    tl.store(before_ptr + pid * BLOCK_E + cols, before.to(tl.int8))
+    tl.store(after_ptr + pid * BLOCK_E + cols, after.to(tl.int8))
+    # Classic last-block reduction: every thread's stores are issued before the release below,
+    # and the block that sees P - 1 finished blocks reads them all back (volatile: past L1).
+    tl.debug_barrier()
+    finished = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    if finished == P - 1:
+        all_before = _sum_partials(before_ptr, P, cols, BLOCK_E, CHUNK, True)
+        all_after = _sum_partials(after_ptr, P, cols, BLOCK_E, CHUNK, True)
+        tl.store(touched_ptr, tl.sum((all_before > 0).to(tl.int32), axis=0))
+        tl.store(touched_ptr + 1, tl.sum((all_after > 0).to(tl.int32), axis=0))
 
 
 def remap_triton(
@@ -210,8 +323,10 @@ def remap_triton(
     weight_rule: int,
     scale: float,
     num_expert_group: int,
+    config: LaunchConfig | None = None,
 ):
-    """Launch the kernel. Inputs are validated by the op; no host synchronisation happens here."""
+    """Launch the kernels. Inputs are validated by the op; no host synchronisation happens here.
+    `config` overrides the launch shape (tests and benchmarks exercise both paths with it)."""
     num_rows, num_experts = scores.shape
     k = topk_ids.shape[1]
     out_w = topk_weights.new_empty(topk_weights.shape)
@@ -221,18 +336,47 @@ def remap_triton(
         touched.zero_()
         return out_w, out_ids, touched
     grouped = num_expert_group > 1
-    cfg = launch_config(num_rows, num_experts, k)
-    _lynx_remap_kernel[(1,)](
-        scores, scores.stride(0), scores.stride(1),
-        topk_weights, topk_weights.stride(0), topk_weights.stride(1),
-        topk_ids, topk_ids.stride(0), topk_ids.stride(1),
-        num_valid, correction_bias if correction_bias is not None else scores,
+    group_size = num_experts // num_expert_group if grouped else 1
+    bias = correction_bias if correction_bias is not None else scores
+    cfg = config or launch_config(num_rows, num_experts, k)
+    block_e = triton.next_power_of_2(num_experts)
+    meta = dict(
+        K=k, BETA=int(beta), SCORING=int(Scoring(scoring)), GROUPED=grouped, EPS=SIGMOID_BIAS_EPS,
+        BLOCK_E=block_e, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    x_args = (scores, scores.stride(0), scores.stride(1))
+    w_args = (topk_weights, topk_weights.stride(0), topk_weights.stride(1))
+    id_args = (topk_ids, topk_ids.stride(0), topk_ids.stride(1))
+    rule = int(WeightRule(weight_rule))
+    alpha, scale = float(alpha), float(scale)
+
+    if cfg.fused:
+        assert cfg.block_t >= num_rows, "fused launch needs the whole batch in one block"
+        _fused_kernel[(1,)](
+            *x_args, *w_args, *id_args, num_valid, bias, out_w, out_ids, touched,
+            num_rows, num_experts, alpha, scale, group_size,
+            RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=triton.next_power_of_2(k), **meta,
+        )  # fmt: skip
+        return out_w, out_ids, touched
+
+    blocks = triton.cdiv(num_rows, cfg.block_t)
+    chunk = max(1, min(triton.next_power_of_2(blocks), 4096 // block_e))
+    hist = torch.empty((blocks, block_e), dtype=torch.int64, device=scores.device)
+    masks = torch.empty((3, blocks, block_e), dtype=torch.int8, device=scores.device)
+    counter = torch.empty((1,), dtype=torch.int32, device=scores.device)
+    _hist_kernel[(blocks,)](
+        *x_args, *id_args, num_valid, bias, hist, counter,
+        num_rows, num_experts, alpha, group_size, BLOCK_T=cfg.block_t, **meta,
+    )  # fmt: skip
+    _vote_kernel[(blocks,)](
+        *x_args, *id_args, num_valid, bias, hist, masks[0],
+        num_rows, num_experts, blocks, alpha, group_size,
+        BLOCK_T=cfg.block_t, CHUNK=chunk, **meta,
+    )  # fmt: skip
+    _final_kernel[(blocks,)](
+        *x_args, *w_args, *id_args, num_valid, bias, masks[0], masks[1], masks[2], counter,
         out_w, out_ids, touched,
-        num_rows, num_experts, float(alpha), float(scale),
-        num_experts // num_expert_group if grouped else 1,
-        K=k, BETA=int(beta), SCORING=int(Scoring(scoring)), RULE=int(WeightRule(weight_rule)),
-        GROUPED=grouped, EPS=SIGMOID_BIAS_EPS,
-        BLOCK_T=cfg.block_t, BLOCK_E=triton.next_power_of_2(num_experts),
-        BLOCK_K=triton.next_power_of_2(k), num_warps=cfg.num_warps,
+        num_rows, num_experts, blocks, alpha, scale, group_size,
+        RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=triton.next_power_of_2(k), CHUNK=chunk, **meta,
     )  # fmt: skip
     return out_w, out_ids, touched
