@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: Apache-2.0
+"""HF `config.json`s for dummy-weight engines: each family at its real layer shapes, or tiny.
+
+`write_model_dir(name, path, num_layers=None, tiny=False)` writes a directory vLLM can load with
+`load_format="dummy", skip_tokenizer_init=True` (no download). Real shapes follow the public
+configs of the named checkpoints; `num_layers` trims depth (per-layer shapes are what matter).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+_COMMON = {"torch_dtype": "bfloat16", "tie_word_embeddings": False, "rms_norm_eps": 1e-6,
+           "max_position_embeddings": 4096, "rope_theta": 1000000.0, "hidden_act": "silu",
+           "bos_token_id": 1, "eos_token_id": 2}  # fmt: skip
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # Qwen3-30B-A3B: 48 layers, E=128, k=8
+    "qwen3-moe": {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "vocab_size": 151936,
+    },
+    # Mixtral-8x7B: 32 layers, E=8, k=2
+    "mixtral": {
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "vocab_size": 32000,
+        "sliding_window": None,
+    },
+    # Qwen1.5-MoE-A2.7B: 24 layers, E=60, k=4, shared expert, no renormalisation
+    "qwen2-moe": {
+        "architectures": ["Qwen2MoeForCausalLM"],
+        "model_type": "qwen2_moe",
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "moe_intermediate_size": 1408,
+        "shared_expert_intermediate_size": 5632,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "num_experts": 60,
+        "num_experts_per_tok": 4,
+        "norm_topk_prob": False,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "vocab_size": 151936,
+    },
+    # DeepSeek-V2-Lite: 27 layers (first dense), E=64, k=6, 2 shared, MLA
+    "deepseek-v2-lite": {
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v2",
+        "hidden_size": 2048,
+        "intermediate_size": 10944,
+        "moe_intermediate_size": 1408,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "n_routed_experts": 64,
+        "n_shared_experts": 2,
+        "num_experts_per_tok": 6,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "kv_lora_rank": 512,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "topk_method": "greedy",
+        "n_group": 1,
+        "topk_group": 1,
+        "scoring_func": "softmax",
+        "norm_topk_prob": False,
+        "routed_scaling_factor": 1.0,
+        "vocab_size": 102400,
+    },
+}
+for _shape in SHAPES.values():
+    for _k, _v in _COMMON.items():
+        _shape.setdefault(_k, _v)
+
+# Tiny variants for the CPU tier: same routing semantics, small matrices.
+_TINY = {
+    "qwen3-moe": {"hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 128,
+                  "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "head_dim": 64, "num_experts": 32, "num_experts_per_tok": 4,
+                  "vocab_size": 2048},
+    "mixtral": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048},
+}  # fmt: skip
+
+
+def config(name: str, num_layers: int | None = None, tiny: bool = False) -> dict[str, Any]:
+    if name not in SHAPES:
+        raise ValueError(f"unknown model shape {name!r}; known: {sorted(SHAPES)}")
+    cfg = dict(SHAPES[name])
+    if tiny:
+        if name not in _TINY:
+            raise ValueError(f"no tiny variant of {name!r}; tiny ones: {sorted(_TINY)}")
+        cfg.update(_TINY[name])
+    if num_layers is not None:
+        cfg["num_hidden_layers"] = num_layers
+    return cfg
+
+
+def write_model_dir(name: str, path: str | Path, num_layers: int | None = None,
+                    tiny: bool = False) -> Path:  # fmt: skip
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config(name, num_layers, tiny), indent=1))
+    return path

@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Router realism for dummy-weight models: gate weights re-drawn for a chosen logit spread and skew.
+
+vLLM's dummy weights are uniform in [-1e-3, 1e-3], so every router logit is ~0, every token is
+low-confidence and any remap looks far better than on a trained model. `rescale_gates` makes each
+MoE layer's router logits spread like a trained router's:
+
+* the RMSNorm in front of the gate (the decoder layer's `post_attention_layernorm`) gets weight 1,
+  so the gate input h = x / rms(x) has norm sqrt(hidden) whatever the dummy network computes;
+* the gate is re-drawn as W[e] = spread * exp(skew * b[e]) * z[e] / sqrt(hidden), with z ~ N(0, I)
+  and b ~ N(0, 1), so logit[e] = W[e] . h has std ~spread (in logits) across experts, and experts
+  with a larger scale exp(skew * b[e]) land in the top-k more often: the popular and unpopular
+  experts of a load-balanced but imperfect trained router. skew = 0 is a uniform router.
+
+It runs in the worker (`LLM.collective_rpc(rescale_gates, args=...)`: the first argument is the
+worker), in place, so it works after torch.compile and CUDA-graph capture. The stock and the Lynx
+run get the same seed, hence the same router; every result states `describe(spread, skew)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def _model(worker: Any) -> torch.nn.Module:
+    runner = getattr(worker, "model_runner", worker)
+    return runner.model if hasattr(runner, "model") else runner.get_model()
+
+
+def find_gates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Router gates: modules named '*.gate' or '*.router' whose weight is [num_experts, hidden]
+    and whose parent holds a FusedMoE runner."""
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+
+    gates = {}
+    for name, module in model.named_modules():
+        if not any(isinstance(child, MoERunner) for child in module.children()):
+            continue
+        experts = next(c for c in module.children() if isinstance(c, MoERunner))
+        num_experts = experts.moe_config.num_experts
+        for child_name in ("gate", "router"):
+            gate = getattr(module, child_name, None) or getattr(experts, child_name, None)
+            weight = getattr(gate, "weight", None)
+            if weight is not None and weight.dim() == 2 and weight.shape[0] == num_experts:
+                gates[f"{name}.{child_name}"] = gate
+                break
+    return gates
+
+
+@torch.no_grad()
+def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dict[str, Any]:
+    """Re-draw every MoE gate (see the module docstring); returns what was done."""
+    model = _model(worker)
+    gates = find_gates(model)
+    norms = 0
+    for i, (name, gate) in enumerate(sorted(gates.items())):
+        layer_prefix = name.split(".mlp")[0].split(".block_sparse_moe")[0].split(".feed_forward")[0]
+        norm = _find(model, f"{layer_prefix}.post_attention_layernorm")
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            norm.weight.fill_(1.0)
+            norms += 1
+        weight = gate.weight
+        num_experts, dim = weight.shape
+        gen = torch.Generator(device="cpu").manual_seed(seed * 100003 + i)
+        z = torch.randn(num_experts, dim, generator=gen)
+        scale = torch.exp(skew * torch.randn(num_experts, generator=gen))
+        new = spread * scale[:, None] * z / math.sqrt(dim)
+        weight.copy_(new.to(device=weight.device, dtype=weight.dtype))
+    return {"gates": len(gates), "norms_set": norms, "spread": spread, "skew": skew, "seed": seed}
+
+
+def _find(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def describe(spread: float, skew: float) -> str:
+    return f"dummy weights, gates re-drawn: logit spread {spread:g}, expert skew {skew:g}"
+
+
+def expected_union(num_experts: int, top_k: int, batch: int) -> float:
+    """Distinct experts a batch touches under uniform routing (ALGORITHM.md): E(1-(1-k/E)^B)."""
+    return num_experts * (1.0 - math.pow(1.0 - top_k / num_experts, batch))

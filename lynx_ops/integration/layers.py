@@ -1,0 +1,249 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Per-MoE-layer Lynx state in a vLLM worker, and `route()`, the one function every hook calls.
+
+`attach(runner)` runs when vLLM builds a MoE layer: it resolves the model's policy from the
+registry, checks it against the layer's router (a mismatch raises at startup, naming both), and
+keeps a `LayerState`. `route(state, logits, weights, ids)` runs inside the MoE forward: it asks
+`graphs.phase` whether this step is uniform decode and, if so, returns the remapped routing and
+adds the experts-touched counts to the layer's device counters.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import re
+import threading
+from typing import Any
+
+import torch
+
+import lynx_ops  # noqa: F401  (registers torch.ops.lynx.remap)
+from lynx_ops.graphs import phase as phase_mod
+from lynx_ops.registry import PolicyError, Selection, select_policy
+from lynx_ops.registry.policy import Policy
+from lynx_ops.routing import Scoring
+from lynx_ops.stats import ExpertStats
+
+logger = logging.getLogger("lynx_ops")
+
+_LOCK = threading.Lock()
+LAYERS: dict[str, LayerState] = {}
+# Host-side decisions (eager steps, warm-ups and captures; a graph replay runs no Python).
+DECISIONS: collections.Counter[str] = collections.Counter()
+_LOGGED: set[str] = set()
+_SELECTION: dict[int, Selection] = {}  # id(vllm_config) -> the model's policy selection
+
+_UNSUPPORTED_ROUTERS = {
+    "RoutingSimulatorRouter": "routing simulation replaces the router",
+    "ZeroExpertRouter": "zero (identity) experts are not remappable experts",
+    "AiterSharedRoutedFusedMoERouter": "shared experts are fused into the routed ids",
+}
+
+
+def log_once(key: str, level: int, msg: str, *args: Any) -> None:
+    with _LOCK:
+        if key in _LOGGED:
+            return
+        _LOGGED.add(key)
+    logger.log(level, "[lynx] " + msg, *args)
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterFacts:
+    """What the layer's router does, read from the router object itself."""
+
+    kind: str
+    num_experts: int
+    top_k: int
+    scoring: Scoring | None  # None: the router does not say (custom routing function)
+    num_expert_group: int  # > 1 only when the router limits tokens to some of the groups
+    unsupported: str | None = None
+
+
+def router_facts(router: Any, num_experts: int, top_k: int) -> RouterFacts:
+    kind = type(router).__name__
+    if kind in _UNSUPPORTED_ROUTERS:
+        return RouterFacts(kind, num_experts, top_k, None, 0, _UNSUPPORTED_ROUTERS[kind])
+    if getattr(router, "num_fused_shared_experts", 0):
+        return RouterFacts(kind, num_experts, top_k, None, 0, "fused shared experts in the ids")
+    if getattr(router, "_hash_indices_table", None) is not None:
+        return RouterFacts(kind, num_experts, top_k, None, 0, "hash routing ignores the logits")
+    func = getattr(router, "scoring_func", None)
+    bias = getattr(router, "e_score_correction_bias", None)
+    if func == "softmax":
+        scoring = Scoring.SOFTMAX
+    elif func == "sigmoid":
+        scoring = Scoring.SIGMOID_BIAS if bias is not None else Scoring.SIGMOID
+    elif func is None:
+        scoring = None
+    else:
+        return RouterFacts(kind, num_experts, top_k, None, 0, f"scoring_func={func!r}")
+    groups = int(getattr(router, "num_expert_group", 0) or 0)
+    topk_group = int(getattr(router, "topk_group", 0) or 0)
+    limited = groups > 1 and 0 < topk_group < groups
+    return RouterFacts(kind, num_experts, top_k, scoring, groups if limited else 0)
+
+
+@dataclasses.dataclass
+class LayerState:
+    name: str
+    index: int  # the decoder layer number in the name (policy.layers refers to it)
+    policy: Policy
+    facts: RouterFacts
+    router: Any  # the correction bias is read from it at call time (weight loading replaces it)
+    vllm_config: Any
+    num_speculative_tokens: int
+    stats: ExpertStats | None = None
+
+    def op_args(self) -> tuple:
+        alpha, beta, scoring, rule, scale, _ = self.policy.op_args()
+        return alpha, beta, scoring, rule, scale, self.facts.num_expert_group
+
+    def bias(self) -> torch.Tensor | None:
+        if self.policy.scoring != Scoring.SIGMOID_BIAS:
+            return None
+        return self.router.e_score_correction_bias
+
+
+def layer_index(name: str) -> int:
+    match = re.search(r"\.(\d+)\.", f".{name}.")
+    return int(match.group(1)) if match else 0
+
+
+def _hf_config(vllm_config: Any) -> Any:
+    model_config = vllm_config.model_config
+    return getattr(model_config, "hf_text_config", None) or model_config.hf_config
+
+
+def model_selection(vllm_config: Any) -> Selection:
+    """The policy for the model being built (once per engine config); PolicyError propagates."""
+    key = id(vllm_config)
+    if key not in _SELECTION:
+        _SELECTION[key] = select_policy(_hf_config(vllm_config))
+    return _SELECTION[key]
+
+
+def attach(runner: Any, vllm_config: Any) -> LayerState | None:
+    """Resolve and check the policy for one MoE layer; None when Lynx leaves it stock (logged)."""
+    selection = model_selection(vllm_config)
+    if selection.policy is None:
+        log_once(
+            "no-policy", logging.WARNING, "Lynx stays off for this model: %s", selection.reason
+        )
+        return None
+    policy = selection.policy
+    moe = runner.moe_config
+    num_experts = int(getattr(moe, "num_logical_experts", 0) or moe.num_experts)
+    top_k = int(moe.experts_per_token)
+    facts = router_facts(runner.router, num_experts, top_k)
+    name = runner.layer_name
+    if facts.unsupported:
+        log_once(f"router-{facts.kind}", logging.WARNING,
+                 "Lynx leaves layers with %s stock: %s", facts.kind, facts.unsupported)  # fmt: skip
+        return None
+    if facts.scoring is not None and facts.scoring != policy.scoring:
+        raise PolicyError(
+            f"policy '{policy.family}' [{policy.source}] has scoring={policy.scoring.name.lower()}, "
+            f"but layer {name} routes with {facts.kind} (scoring "
+            f"{facts.scoring.name.lower()}); fix the policy's 'scoring'"
+        )
+    policy.check_model(num_experts, top_k)
+    index = layer_index(name)
+    if not policy.applies_to_layer(index):
+        return None
+    spec = getattr(vllm_config, "speculative_config", None)
+    state = LayerState(
+        name=name, index=index, policy=policy, facts=facts, router=runner.router,
+        vllm_config=vllm_config,
+        num_speculative_tokens=int(getattr(spec, "num_speculative_tokens", 0) or 0),
+    )  # fmt: skip
+    device = _device_of(runner)
+    if device is not None:  # allocate now: never inside a graph capture
+        state.stats = ExpertStats(1, device)
+    with _LOCK:
+        LAYERS[name] = state
+    return state
+
+
+def _device_of(runner: Any) -> torch.device | None:
+    for param in runner.parameters():
+        return None if param.device.type == "meta" else param.device
+    return None
+
+
+def _announce(state: LayerState) -> None:
+    """The one startup line per engine: family, policy, layers covered, gating mode."""
+    mode = state.vllm_config.compilation_config.cudagraph_mode
+    gating, useful = phase_mod.describe_gating(mode)
+    covered = sorted(s.index for s in LAYERS.values())
+    log_once(
+        "announce", logging.INFO,
+        "Lynx on: %s; %d MoE layers covered (%s); router %s E=%d k=%d; gating: %s",
+        state.policy.describe(), len(covered), _ranges(covered), state.facts.kind,
+        state.facts.num_experts, state.facts.top_k, gating,
+    )  # fmt: skip
+    if not useful:
+        log_once("no-decode", logging.WARNING,
+                 "Lynx has no decode step to act on under this graph mode: %s", gating)  # fmt: skip
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return "none"
+    out, start, prev = [], values[0], values[0]
+    for v in [*values[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}-{prev}" if prev != start else f"{start}")
+        if v is not None:
+            start = prev = v
+    return ",".join(out)
+
+
+def route(
+    state: LayerState,
+    router_logits: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(weights, ids, remapped): the Lynx routing for a uniform-decode step, else the input."""
+    mode = state.vllm_config.compilation_config.cudagraph_mode
+    ph = phase_mod.current_phase(mode, state.num_speculative_tokens)
+    DECISIONS[ph.reason] += 1
+    if ph.reason not in (phase_mod.PROFILE, phase_mod.NO_CONTEXT):
+        _announce(state)
+    if ph.rows is None:
+        return topk_weights, topk_ids, False
+    num_rows, num_experts = topk_ids.shape[0], state.facts.num_experts
+    logits = router_logits[:num_rows, :num_experts]
+    weights, ids, touched = torch.ops.lynx.remap(
+        logits, topk_weights, topk_ids, ph.rows, state.bias(), *state.op_args()
+    )
+    if state.stats is None and not torch.cuda.is_current_stream_capturing():
+        state.stats = ExpertStats(1, touched.device)
+    if state.stats is not None:
+        state.stats.record(0, touched)
+    return weights, ids, True
+
+
+def snapshot() -> dict[str, dict[str, float]]:
+    """Per-layer counters of this process: calls remapped, mean distinct experts before/after."""
+    out = {}
+    for name, state in sorted(LAYERS.items(), key=lambda kv: kv[1].index):
+        if state.stats is None:
+            out[name] = {"layer": state.index, "calls": 0, "before": 0.0, "after": 0.0}
+            continue
+        s = state.stats.snapshot()[0]
+        out[name] = {"layer": state.index, "calls": s.calls, "before": s.mean_before,
+                     "after": s.mean_after}  # fmt: skip
+    return out
+
+
+def reset() -> None:
+    for state in LAYERS.values():
+        if state.stats is not None:
+            state.stats.reset()
+    DECISIONS.clear()
