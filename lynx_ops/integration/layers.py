@@ -33,7 +33,9 @@ LAYERS: dict[str, LayerState] = {}
 # Host-side decisions (eager steps, warm-ups and captures; a graph replay runs no Python).
 DECISIONS: collections.Counter[str] = collections.Counter()
 _LOGGED: set[str] = set()
-_SELECTION: dict[int, Selection] = {}  # id(vllm_config) -> the model's policy selection
+# id(vllm_config) -> (that config, the model's policy selection); the config is held so that its
+# id cannot be reused by another one while cached.
+_SELECTION: dict[int, tuple[Any, Selection]] = {}
 
 _UNSUPPORTED_ROUTERS = {
     "RoutingSimulatorRouter": "routing simulation replaces the router",
@@ -119,10 +121,11 @@ def _hf_config(vllm_config: Any) -> Any:
 
 def model_selection(vllm_config: Any) -> Selection:
     """The policy for the model being built (once per engine config); PolicyError propagates."""
-    key = id(vllm_config)
-    if key not in _SELECTION:
-        _SELECTION[key] = select_policy(_hf_config(vllm_config))
-    return _SELECTION[key]
+    cached = _SELECTION.get(id(vllm_config))
+    if cached is None or cached[0] is not vllm_config:
+        cached = (vllm_config, select_policy(_hf_config(vllm_config)))
+        _SELECTION[id(vllm_config)] = cached
+    return cached[1]
 
 
 def attach(runner: Any, vllm_config: Any) -> LayerState | None:

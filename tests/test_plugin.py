@@ -1,0 +1,133 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The plugin entry point and the per-layer policy check, without starting an engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from lynx_ops.integration import layers  # noqa: E402
+from lynx_ops.registry import PolicyError  # noqa: E402
+from lynx_ops.routing import Scoring  # noqa: E402
+
+pytestmark = pytest.mark.vllm_cpu
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
+    full_env.update(env, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, timeout=300)  # fmt: skip
+
+
+def test_disabled_plugin_imports_and_patches_nothing():
+    proc = _python(
+        "import sys; from lynx_ops.plugin import register; register(); register();"
+        "print(sorted(m for m in ('triton', 'vllm', 'lynx_ops.integration') if m in sys.modules))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_enabled_plugin_is_reentrant_and_registers_runner_and_env_names():
+    proc = _python(
+        "from lynx_ops.plugin import register; register(); register();"
+        "from vllm.model_executor.custom_op import op_registry_oot;"
+        "import vllm.envs as e;"
+        "print(op_registry_oot['MoERunner'].__name__, 'VLLM_LYNX_ENABLED' in e.environment_variables)",
+        VLLM_LYNX_ENABLED="1",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "LynxMoERunner True"
+
+
+def test_bad_policy_file_fails_at_register(tmp_path):
+    bad = tmp_path / "policy.json"
+    bad.write_text('{"policies": [{"model_type": "qwen3_moe", "alpha": -1}]}')
+    proc = _python(
+        "from lynx_ops.plugin import register; register()",
+        VLLM_LYNX_ENABLED="1", VLLM_LYNX_CONFIG_FILE=str(bad),
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "alpha" in proc.stderr and str(bad) in proc.stderr
+
+
+class _Router:
+    def __init__(self, scoring_func="softmax", **kw):
+        self.scoring_func = scoring_func
+        self.__dict__.update(kw)
+
+
+class FusedTopKRouter(_Router):
+    pass
+
+
+class ZeroExpertRouter(_Router):
+    pass
+
+
+@pytest.mark.parametrize(
+    "router,scoring,groups",
+    [
+        (FusedTopKRouter("softmax"), Scoring.SOFTMAX, 0),
+        (FusedTopKRouter("sigmoid"), Scoring.SIGMOID, 0),
+        (FusedTopKRouter("sigmoid", e_score_correction_bias=object()), Scoring.SIGMOID_BIAS, 0),
+        (FusedTopKRouter("softmax", num_expert_group=8, topk_group=3), Scoring.SOFTMAX, 8),
+        (FusedTopKRouter("softmax", num_expert_group=8, topk_group=8), Scoring.SOFTMAX, 0),
+    ],
+    ids=["softmax", "sigmoid", "sigmoid-bias", "grouped", "all-groups-allowed"],
+)
+def test_router_facts(router, scoring, groups):
+    facts = layers.router_facts(router, 64, 6)
+    assert facts.unsupported is None
+    assert facts.scoring == scoring and facts.num_expert_group == groups
+
+
+def test_unsupported_routers_are_named():
+    assert "zero" in layers.router_facts(ZeroExpertRouter(), 64, 6).unsupported
+    odd = layers.router_facts(FusedTopKRouter("sqrtsoftplus"), 64, 6)
+    assert "sqrtsoftplus" in odd.unsupported
+
+
+def _runner(router, name="model.layers.3.mlp.experts", num_experts=128, top_k=8):
+    moe = SimpleNamespace(num_experts=num_experts, num_logical_experts=num_experts,
+                          experts_per_token=top_k)  # fmt: skip
+    return SimpleNamespace(moe_config=moe, router=router, layer_name=name, parameters=lambda: [])
+
+
+def _vllm_config(hf):
+    return SimpleNamespace(model_config=SimpleNamespace(hf_text_config=hf, hf_config=hf),
+                           speculative_config=None)  # fmt: skip
+
+
+def test_attach_checks_policy_against_router(monkeypatch):
+    monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
+    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
+    state = layers.attach(_runner(FusedTopKRouter("softmax")), _vllm_config(hf))
+    assert state.index == 3 and state.policy.family == "qwen3_moe"
+    with pytest.raises(PolicyError, match="scoring=softmax.*sigmoid"):
+        layers.attach(_runner(FusedTopKRouter("sigmoid")), _vllm_config(hf))
+    layers.LAYERS.clear()
+
+
+def test_attach_leaves_non_moe_config_stock(monkeypatch):
+    monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
+    hf = SimpleNamespace(model_type="llama", architectures=["LlamaForCausalLM"])
+    assert layers.attach(_runner(FusedTopKRouter()), _vllm_config(hf)) is None
+
+
+@pytest.mark.parametrize(
+    "name,index",
+    [("model.layers.17.mlp.experts", 17), ("language_model.model.layers.0.feed_forward", 0)],
+)
+def test_layer_index(name, index):
+    assert layers.layer_index(name) == index

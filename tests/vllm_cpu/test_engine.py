@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Real vLLM (vllm-cpu 0.26) with the plugin: tiny dummy-weight Qwen3-MoE and Mixtral engines.
+
+Each engine runs in its own process (`lynx_ops.bench.engine_job`), because the plugin is installed
+when vLLM starts. Gates are re-drawn to a logit spread of 2 with expert skew 1
+(`lynx_ops.bench.router_realism`), the same seed in every run. vLLM compiles the model with
+torch.compile here, so the remap goes through Dynamo and the op's fake implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lynx_ops.bench.model_configs import write_model_dir
+
+pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow]
+pytest.importorskip("vllm")
+
+ROOT = Path(__file__).resolve().parents[2]
+DECODE_TOKENS = 8
+ENGINE = {"max_model_len": 256, "kv_cache_memory_bytes": 256 * 2**20, "max_num_seqs": 16}
+
+
+def _prompts(n: int = 8, vocab: int = 2048) -> list[list[int]]:
+    rng = random.Random(0)
+    return [[rng.randrange(3, vocab) for _ in range(rng.randrange(5, 30))] for _ in range(n)]
+
+
+def run_engine(tmp: Path, model: str, mode: str, policy_file: Path | None = None):
+    """mode: 'no-plugin' (VLLM_PLUGINS excludes Lynx), 'off' (installed, flag unset), 'on'."""
+    model_dir = write_model_dir(model, tmp / model, tiny=True)
+    spec = {"model": str(model_dir), "prompts": _prompts(), "spread": 2.0, "skew": 1.0,
+            "engine": ENGINE,
+            "phases": [{"name": "prefill", "max_tokens": 1},
+                       {"name": "decode", "max_tokens": DECODE_TOKENS}]}  # fmt: skip
+    spec_path = tmp / f"{model}-{mode}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_LYNX", "VLLM_PLUGINS"))}
+    env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONPATH=str(ROOT))
+    if mode == "no-plugin":
+        env["VLLM_PLUGINS"] = "none"
+    if mode == "on":
+        env["VLLM_LYNX_ENABLED"] = "1"
+    if policy_file is not None:
+        env["VLLM_LYNX_CONFIG_FILE"] = str(policy_file)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lynx_ops.bench.engine_job", str(spec_path)],
+        capture_output=True, text=True, env=env, timeout=900, cwd=tmp,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    result = json.loads(lines[-1][7:]) if lines else None
+    return proc, result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    cache = {}
+
+    def get(model: str, mode: str):
+        if (model, mode) not in cache:
+            proc, result = run_engine(tmp_path_factory.mktemp(f"{model}-{mode}"), model, mode)
+            assert result is not None, f"{model} {mode} failed:\n{proc.stderr[-4000:]}"
+            cache[model, mode] = (result, proc.stdout + proc.stderr)  # vLLM logs to stdout
+        return cache[model, mode]
+
+    return get
+
+
+MODELS = ["qwen3-moe", "mixtral"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_flag_unset_is_stock(runs, model):
+    stock, _ = runs(model, "no-plugin")
+    off, _ = runs(model, "off")
+    assert off["lynx_installed"] is False
+    assert [p["tokens"] for p in off["phases"]] == [p["tokens"] for p in stock["phases"]]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_flag_on_remaps_decode_only(runs, model):
+    on, log = runs(model, "on")
+    assert on["lynx_installed"] is True
+    assert on["router"]["gates"] > 0, "router realism found no gates"
+    assert "[lynx] Lynx on:" in log, "no startup line"
+    prefill, decode = on["phases"]
+    assert prefill["lynx"]["layers"], "no MoE layer was covered"
+    for name, layer in prefill["lynx"]["layers"].items():
+        assert layer["calls"] == 0, f"{name} remapped during prefill"
+    assert prefill["lynx"]["decisions"].get("mixed or prefill batch", 0) > 0
+    for name, layer in decode["lynx"]["layers"].items():
+        # one remap per decode step: the first token comes from prefill
+        assert layer["calls"] == DECODE_TOKENS - 1, name
+        assert layer["after"] < layer["before"], f"{name}: experts did not drop {layer}"
+    vocab = 2048
+    assert all(0 <= t < vocab for seq in decode["tokens"] for t in seq)
+    assert all(len(seq) == DECODE_TOKENS for seq in decode["tokens"])
+
+
+def test_policy_that_contradicts_the_router_fails_at_startup(tmp_path):
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "scoring": "sigmoid"}]}))
+    proc, result = run_engine(tmp_path, "qwen3-moe", "on", policy_file=policy)
+    assert result is None and proc.returncode != 0
+    assert "fix the policy's 'scoring'" in proc.stdout + proc.stderr
