@@ -131,3 +131,43 @@ def test_attach_leaves_non_moe_config_stock(monkeypatch):
 )
 def test_layer_index(name, index):
     assert layers.layer_index(name) == index
+
+
+def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
+    """The function both hooks call, with a real policy and op, under a hand-built context."""
+    import torch
+    import vllm.forward_context as fc
+    from vllm.config import CUDAGraphMode
+
+    from lynx_ops.reference import remap_ref
+    from tests.helpers import Shape, make_batch
+
+    monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
+    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
+    config = _vllm_config(hf)
+    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
+    runner = _runner(FusedTopKRouter("softmax"))
+    runner.parameters = lambda: [torch.zeros(1)]
+    state = layers.attach(runner, config)
+    x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 16, seed=3)
+    qsl = torch.tensor([0, 3, 6, 9, 12, 12], dtype=torch.int32)  # 12 real tokens of 16
+
+    ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.NONE,
+                          attn_metadata={"attn": SimpleNamespace(max_query_len=1,
+                                                                 query_start_loc=qsl)})  # fmt: skip
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
+    got_w, got_ids, remapped = layers.route(state, x, w, ids)
+    want = remap_ref(x, w, ids, torch.tensor([12]), None, *state.op_args())
+    assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])
+    assert not torch.equal(got_ids, ids), "the synthetic batch should change"
+
+    ctx.attn_metadata["attn"].max_query_len = 5  # a mixed batch: stock routing, not counted
+    same_w, same_ids, remapped = layers.route(state, x, w, ids)
+    assert not remapped and same_w is w and same_ids is ids
+    (stats,) = state.stats.snapshot()
+    assert stats.calls == 1 and (stats.experts_before, stats.experts_after) == tuple(
+        want[2].tolist()
+    )
+    layers.LAYERS.clear()

@@ -153,6 +153,12 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
             f"{facts.scoring.name.lower()}); fix the policy's 'scoring'"
         )
     policy.check_model(num_experts, top_k)
+    spread = _token_spread(moe)
+    if spread:
+        log_once("token-spread", logging.WARNING,
+                 "Lynx leaves MoE layers stock under %s: the router sees tokens of other ranks, "
+                 "whose valid-row count this rank cannot read", spread)  # fmt: skip
+        return None
     index = layer_index(name)
     if not policy.applies_to_layer(index):
         return None
@@ -168,6 +174,17 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
     with _LOCK:
         LAYERS[name] = state
     return state
+
+
+def _token_spread(moe: Any) -> str | None:
+    """Why the rows the router sees are not this rank's batch (data/context/sequence parallel)."""
+    if int(getattr(moe, "dp_size", 1) or 1) > 1:
+        return "data parallelism"
+    if int(getattr(moe, "pcp_size", 1) or 1) > 1:
+        return "prefill context parallelism"
+    if getattr(moe, "is_sequence_parallel", False):
+        return "sequence-parallel MoE"
+    return None
 
 
 def _device_of(runner: Any) -> torch.device | None:
