@@ -13,6 +13,10 @@ ENVIRONMENT_VARIABLES = {
     ),
     # Path of a JSON policy file (docs/MODELS.md) that overrides or adds family policies.
     "VLLM_LYNX_CONFIG_FILE": lambda: os.environ.get("VLLM_LYNX_CONFIG_FILE") or None,
+    # Benchmarks only: K > 0 replaces the remap in decode steps by k consecutive experts mod K from
+    # each row's top-1 (distinct per row), forcing every MoE layer onto at most K experts: the best
+    # step time any remap could reach at that expert count. Outputs are meaningless.
+    "VLLM_LYNX_CEILING_EXPERTS": lambda: int(os.environ.get("VLLM_LYNX_CEILING_EXPERTS", "0") or 0),
 }
 
 

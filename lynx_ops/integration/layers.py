@@ -98,6 +98,7 @@ class LayerState:
     vllm_config: Any
     num_speculative_tokens: int
     stats: ExpertStats | None = None
+    ceiling: int = 0  # benchmarks only (envs.VLLM_LYNX_CEILING_EXPERTS)
 
     def op_args(self) -> tuple:
         alpha, beta, scoring, rule, scale, _ = self.policy.op_args()
@@ -168,6 +169,17 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
         vllm_config=vllm_config,
         num_speculative_tokens=int(getattr(spec, "num_speculative_tokens", 0) or 0),
     )  # fmt: skip
+    from lynx_ops import envs
+
+    state.ceiling = envs.VLLM_LYNX_CEILING_EXPERTS
+    if state.ceiling and not top_k <= state.ceiling <= num_experts:
+        raise PolicyError(
+            f"VLLM_LYNX_CEILING_EXPERTS={state.ceiling} must be in [k={top_k}, E={num_experts}]"
+        )
+    if state.ceiling:
+        log_once("ceiling", logging.WARNING,
+                 "benchmark ceiling mode: decode steps route each token to k consecutive experts mod %d "
+                 "(VLLM_LYNX_CEILING_EXPERTS); outputs are not meaningful", state.ceiling)  # fmt: skip
     device = _device_of(runner)
     if device is not None:  # allocate now: never inside a graph capture
         state.stats = ExpertStats(1, device)
@@ -237,6 +249,10 @@ def route(
         _announce(state)
     if ph.rows is None:
         return topk_weights, topk_ids, False
+    if state.ceiling:  # k consecutive experts mod K from the row's top-1: distinct, union <= K
+        k = topk_ids.shape[1]
+        offsets = torch.arange(k, device=topk_ids.device, dtype=topk_ids.dtype)
+        return topk_weights, (topk_ids[:, :1] + offsets) % state.ceiling, True
     num_rows, num_experts = topk_ids.shape[0], state.facts.num_experts
     logits = router_logits[:num_rows, :num_experts]
     weights, ids, touched = torch.ops.lynx.remap(

@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`lynx-bench`: how much faster does an MoE model decode with VLLM_LYNX_ENABLED=1, and why.
+
+    lynx-bench offline --shape qwen3-moe --batches 1 8 16 32 64 --ceiling 32 64 --out perf/results/x
+
+Runs the same workload in separate processes: stock (plugin installed, flag unset), Lynx
+(VLLM_LYNX_ENABLED=1) and, with --ceiling K..., the ceiling at K experts (every MoE layer forced onto
+K experts in decode steps: the best step time at that expert count). Prints progress while it
+runs, a table last, and writes results.json, results.csv (provenance in every row) and plots.
+
+Dummy-weight routers are re-drawn to a logit spread/skew (`--spread`, `--skew`; defaults 2 and 1)
+for all runs alike; `--spread none` keeps vLLM's near-uniform dummy router and marks every row
+"not a speed-up".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lynx_ops.bench import model_configs, router_realism
+from lynx_ops.bench.provenance import provenance, write_csv
+
+
+def _engine_kwargs(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not key or not _:
+            raise SystemExit(f"--engine-arg {pair!r}: expected key=value (value as JSON or text)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path) -> dict:
+    spec_path = workdir / f"spec-{label}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
+    env.update(env_extra)
+    log_path = workdir / f"{label}.log"
+    print(f"[{label}] starting ({' '.join(f'{k}={v}' for k, v in env_extra.items()) or 'stock'})",
+          flush=True)  # fmt: skip
+    # vLLM logs to stdout: straight to the log file; progress lines come on stderr.
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lynx_ops.bench.offline", str(spec_path)],
+            stdout=log, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        with open(workdir / f"{label}.stderr", "w") as err:
+            for line in proc.stderr:
+                err.write(line)
+                if line.startswith("PROGRESS "):
+                    print(f"[{label}] {line[9:].rstrip()}", flush=True)
+        proc.wait()
+    results = [ln[7:] for ln in log_path.read_text().splitlines() if ln.startswith("RESULT ")]
+    result_line = results[-1] if results else None
+    if proc.returncode != 0 or result_line is None:
+        raise SystemExit(
+            f"[{label}] failed (exit {proc.returncode}); logs: {log_path}, {workdir / (label + '.stderr')}"
+        )
+    return json.loads(result_line)
+
+
+def _ceiling_at(ceiling: dict[int, dict[int, float]], batch: int, experts: float):
+    """Ceiling TPOT at a (fractional) expert count, linear between measured K; None if outside."""
+    points = sorted((k, rows[batch]) for k, rows in ceiling.items() if batch in rows)
+    for (k0, t0), (k1, t1) in zip(points, points[1:], strict=False):
+        if k0 <= experts <= k1:
+            return t0 + (t1 - t0) * (experts - k0) / (k1 - k0)
+    for k, t in points:
+        if abs(k - experts) < 0.5:
+            return t
+    return None
+
+
+def offline(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lynx-bench-", dir=out_dir))
+    if args.shape:
+        cfg = model_configs.config(args.shape, args.layers, tiny=args.tiny)
+        model = str(model_configs.write_model_dir(args.shape, work / "model", args.layers,
+                                                  tiny=args.tiny))  # fmt: skip
+        num_experts, top_k = _router_shape(cfg)
+        vocab = cfg["vocab_size"]
+    else:
+        model, num_experts, top_k, vocab = args.model, None, None, args.vocab
+    realism = args.spread.lower() != "none"
+    spec = {
+        "model": model, "load_format": args.load_format, "batches": args.batches,
+        "input_len": args.input_len, "output_len": args.output_len, "repeats": args.repeats,
+        "spread": float(args.spread) if realism else None, "skew": args.skew, "vocab": vocab,
+        "engine": {"max_model_len": args.input_len + args.output_len + 16,
+                   "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)},
+    }  # fmt: skip
+    router = (router_realism.describe(float(args.spread), args.skew) if realism
+              else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
+    runs = {"stock": _run_worker("stock", spec, {}, work),
+            "lynx": _run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work)}  # fmt: skip
+    ceiling: dict[int, dict[int, float]] = {}
+    for k in args.ceiling:
+        res = _run_worker(f"ceiling{k}", spec,
+                          {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CEILING_EXPERTS": str(k)}, work)  # fmt: skip
+        runs[f"ceiling{k}"] = res
+        ceiling[k] = {r["batch"]: r["tpot_ms_median"] for r in res["rows"]}
+
+    prov = provenance()
+    rows = []
+    for stock, lynx in zip(runs["stock"]["rows"], runs["lynx"]["rows"], strict=True):
+        b = stock["batch"]
+        row = {"model": args.shape or args.model, "layers": args.layers, "batch": b,
+               "input_len": args.input_len, "output_len": args.output_len, "router": router}  # fmt: skip
+        for side, r in (("stock", stock), ("lynx", lynx)):
+            for key, value in r.items():
+                if key not in ("batch", "input_len", "output_len", "repeats"):
+                    row[f"{side}_{key}"] = value
+        row["speedup_tpot"] = stock["tpot_ms_median"] / lynx["tpot_ms_median"]
+        if num_experts:
+            row["experts_uniform_expected"] = router_realism.expected_union(num_experts, top_k, b)
+        after = lynx.get("experts_after")
+        ceil = _ceiling_at(ceiling, b, after) if after is not None else None
+        if ceil is not None:
+            row["ceiling_tpot_ms_at_lynx_experts"] = ceil
+            row["mechanism_efficiency"] = ceil / lynx["tpot_ms_median"]
+        rows.append({**row, **prov})
+    (out_dir / "results.json").write_text(json.dumps({"runs": runs, "rows": rows}, indent=1))
+    write_csv(out_dir / "results.csv", rows)
+    _print_table(rows, router, prov)
+    try:
+        from lynx_ops.bench.plot import plot_offline
+
+        for path in plot_offline(rows, ceiling, out_dir):
+            print(f"plot: {path}")
+    except ImportError:
+        pass
+    print(f"results: {out_dir / 'results.csv'}  logs: {work}")
+    return 0
+
+
+def _router_shape(cfg: dict) -> tuple[int, int]:
+    e = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts")
+    return int(e), int(cfg["num_experts_per_tok"])
+
+
+def _print_table(rows: list[dict], router: str, prov: dict) -> None:
+    print(f"\nrouter: {router}; {prov['gpu']}, vLLM {prov['vllm']}, lynx_ops {prov['lynx_ops']} "
+          f"@ {prov['git_sha']}")  # fmt: skip
+    head = (f"{'B':>4} {'stock TPOT ms':>13} {'Lynx TPOT ms':>12} {'speed-up':>8} "
+            f"{'experts before->after':>22} {'ceiling ms':>10} {'efficiency':>10} "
+            f"{'mem-bw % s/L':>12}")  # fmt: skip
+    print(head)
+    for r in rows:
+        experts = (f"{r.get('lynx_experts_before', float('nan')):.1f} -> "
+                   f"{r.get('lynx_experts_after', float('nan')):.1f}")  # fmt: skip
+        ceil = r.get("ceiling_tpot_ms_at_lynx_experts")
+        eff = r.get("mechanism_efficiency")
+        bw = f"{r.get('stock_mem_bw_util_pct', float('nan')):.0f}/{r.get('lynx_mem_bw_util_pct', float('nan')):.0f}"
+        print(f"{r['batch']:>4} {r['stock_tpot_ms_median']:>13.3f} {r['lynx_tpot_ms_median']:>12.3f} "
+              f"{r['speedup_tpot']:>7.2f}x {experts:>22} "
+              f"{(f'{ceil:.3f}' if ceil else '-'):>10} {(f'{eff:.2f}' if eff else '-'):>10} {bw:>12}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lynx-bench", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    off = sub.add_parser("offline", help="fixed decode batches, stock vs Lynx (vs ceiling)")
+    src = off.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shape", choices=sorted(model_configs.SHAPES),
+                     help="a family at its real layer shapes, dummy weights")  # fmt: skip
+    src.add_argument("--model", help="a local checkpoint directory")
+    off.add_argument("--layers", type=int, default=None, help="trim depth (--shape only)")
+    off.add_argument("--tiny", action="store_true",
+                     help="tiny variant of --shape (smoke tests on CPU; not a performance number)")  # fmt: skip
+    off.add_argument("--load-format", default="dummy")
+    off.add_argument("--vocab", type=int, default=30000, help="prompt token ids below this")
+    off.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128])
+    off.add_argument("--input-len", type=int, default=128)
+    off.add_argument("--output-len", type=int, default=128)
+    off.add_argument("--repeats", type=int, default=3)
+    off.add_argument("--spread", default="2.0", help="router logit spread, or 'none'")
+    off.add_argument("--skew", type=float, default=1.0)
+    off.add_argument("--ceiling", type=int, nargs="*", default=[], help="expert counts K")
+    off.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra LLM(...) argument, e.g. enforce_eager=true")  # fmt: skip
+    off.add_argument("--out", default="perf/results/lynx-bench")
+    args = ap.parse_args(argv)
+    if args.cmd == "offline":
+        return offline(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

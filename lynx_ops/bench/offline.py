@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Offline fixed-batch workload, one engine per process (stock, Lynx or ceiling is the caller's
+environment). `python -m lynx_ops.bench.offline SPEC.json` prints progress lines on stderr and one
+`RESULT {json}` line on stdout.
+
+Per batch size B: B requests of `input_len` random prompt tokens each, `output_len` tokens out,
+greedy, ignore_eos, all submitted at once, so after the prefill step every step is a uniform decode
+step of B rows. Each repeat times a prefill-only run (max_tokens=1) and the full run; decode time per
+output token (TPOT) = (full - median prefill-only) / (output_len - 1). NVML samples and the Lynx
+per-layer counters cover the full runs only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def progress(msg: str) -> None:
+    print(f"PROGRESS {msg}", file=sys.stderr, flush=True)
+
+
+def _lynx_snapshot(worker):
+    from lynx_ops.integration import layers
+
+    return layers.snapshot()
+
+
+def _lynx_reset(worker):
+    from lynx_ops.integration import layers
+
+    layers.reset()
+
+
+def _experts(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:
+    layers = [v for v in snapshot.values() if v["calls"]]
+    if not layers:
+        return {}
+    return {
+        "experts_before": statistics.mean(v["before"] for v in layers),
+        "experts_after": statistics.mean(v["after"] for v in layers),
+        "remap_calls_per_layer": statistics.mean(v["calls"] for v in layers),
+    }
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from lynx_ops import plugin
+    from lynx_ops.bench import router_realism
+    from lynx_ops.bench.nvml import NvmlSampler
+
+    t0 = time.perf_counter()
+    progress(f"starting engine for {spec['model']}")
+    llm = LLM(model=spec["model"], load_format=spec.get("load_format", "dummy"),
+              skip_tokenizer_init=True, seed=0, **spec.get("engine", {}))  # fmt: skip
+    lynx = bool(plugin._STATE["installed"])
+    out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t0, 1), "lynx": lynx}
+    if spec.get("spread") is not None:
+        out["router"] = llm.collective_rpc(
+            router_realism.rescale_gates, args=(spec["spread"], spec.get("skew", 0.0), 0)
+        )[0]
+    rng = random.Random(0)
+    vocab = int(spec.get("vocab", 30000))
+    sampler = NvmlSampler()
+    in_len, out_len, repeats = spec["input_len"], spec["output_len"], spec.get("repeats", 3)
+    rows = []
+    for batch in spec["batches"]:
+        prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(3, vocab) for _ in range(in_len)])
+                   for _ in range(batch)]  # fmt: skip
+        full = SamplingParams(max_tokens=out_len, temperature=0.0, ignore_eos=True)
+        first = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+        llm.generate(prompts, full, use_tqdm=False)  # warm-up (compiles kernels for this size)
+        prefill_s, full_s = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            llm.generate(prompts, first, use_tqdm=False)
+            prefill_s.append(time.perf_counter() - t)
+        if lynx:
+            llm.collective_rpc(_lynx_reset)
+        sampler.start()
+        for r in range(repeats):
+            t = time.perf_counter()
+            llm.generate(prompts, full, use_tqdm=False)
+            full_s.append(time.perf_counter() - t)
+            progress(f"B={batch} repeat {r + 1}/{repeats}: {full_s[-1]:.3f} s")
+        telemetry = sampler.stop()
+        base = statistics.median(prefill_s)
+        tpot = [(f - base) / max(out_len - 1, 1) for f in full_s]
+        row = {
+            "batch": batch, "input_len": in_len, "output_len": out_len, "repeats": repeats,
+            "tpot_ms_median": 1000 * statistics.median(tpot),
+            "tpot_ms_mean": 1000 * statistics.mean(tpot),
+            "total_s_median": statistics.median(full_s),
+            "prefill_s_median": base,
+            "output_tok_s": batch * out_len / statistics.median(full_s),
+        }  # fmt: skip
+        row.update({k: v for k, v in telemetry.items() if k != "seconds"})
+        if "energy_j" in telemetry:
+            row["energy_mj_per_token"] = 1000 * telemetry["energy_j"] / (batch * out_len * repeats)
+        if lynx:
+            row.update(_experts(llm.collective_rpc(_lynx_snapshot)[0]))
+        rows.append(row)
+        progress(f"B={batch}: TPOT {row['tpot_ms_median']:.2f} ms (median of {repeats})")
+    out["rows"] = rows
+    return out
+
+
+if __name__ == "__main__":
+    result = run(json.loads(Path(sys.argv[1]).read_text()))
+    print("RESULT " + json.dumps(result), flush=True)

@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark helpers that need no GPU: the PNG writer, ceiling interpolation, NVML fallback,
+model configs."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from lynx_ops.bench import model_configs, plot, router_realism
+from lynx_ops.bench.cli import _ceiling_at
+from lynx_ops.bench.nvml import NvmlSampler
+
+
+def test_png_is_a_valid_image_with_the_drawn_pixels(tmp_path):
+    path = plot.line_chart(tmp_path / "c.png", "t", "x", "y", [1, 2, 4], {"a": [1.0, 2.0, None]})
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, tag = struct.unpack(">I4s", data[8:16])
+    width, height = struct.unpack(">II", data[16:24])
+    assert tag == b"IHDR" and (width, height) == (760, 460)
+    # every chunk's CRC matches, and the decompressed raster has the expected size
+    pos, idat = 8, b""
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])
+        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF
+        idat += body if tag == b"IDAT" else b""
+        pos += 12 + n
+    raster = zlib.decompress(idat)
+    assert len(raster) == height * (1 + 3 * width)
+    assert raster.count(bytes(plot.COLORS[0])) > 50, "series colour missing"
+
+
+def test_ceiling_interpolates_between_measured_expert_counts():
+    ceiling = {32: {8: 10.0}, 64: {8: 14.0}}
+    assert _ceiling_at(ceiling, 8, 48.0) == pytest.approx(12.0)
+    assert _ceiling_at(ceiling, 8, 32.8) == pytest.approx(10.1)
+    assert _ceiling_at(ceiling, 8, 80.0) is None  # outside what was measured: no made-up number
+    assert _ceiling_at(ceiling, 16, 48.0) is None
+
+
+def test_nvml_sampler_degrades_to_a_reason_without_a_gpu():
+    sampler = NvmlSampler()
+    sampler.start()
+    summary = sampler.stop()
+    if not sampler.available:
+        assert "NVML" in summary["nvml"]
+
+
+@pytest.mark.parametrize("name", sorted(model_configs.SHAPES))
+def test_model_configs_select_their_family(name):
+    from lynx_ops.registry import select_policy
+
+    cfg = model_configs.config(name, num_layers=2)
+    selection = select_policy(cfg, config_file=None)
+    assert selection.policy is not None and selection.policy.source == "builtin"
+
+
+def test_expected_union_matches_algorithm_note():
+    # ALGORITHM.md: Qwen3-30B-A3B (E=128, k=8) touches ~112 of 128 at B=32
+    assert round(router_realism.expected_union(128, 8, 32)) == 112
