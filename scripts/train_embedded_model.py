@@ -1,0 +1,142 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Train the embedded default model: a small Qwen3-MoE on the Python standard library's sources.
+
+    python scripts/train_embedded_model.py --minutes 12 --out lynx_ops/embedded/model
+
+Reproducible: fixed seed, the corpus split of lynx_ops/embedded/corpus.py (held-out files are kept
+out of the tokenizer and the model), and everything recorded in `training.json` beside the weights
+(command, seed, Python/torch/transformers versions, corpus fingerprints, steps, losses, device).
+Architecture: 4 layers, hidden 256, 32 experts, top-4 (renormalised), expert width 96, tied
+embeddings, vocab 4096 byte-level BPE; trained with the load-balancing loss (router_aux_loss_coef),
+so its router spreads tokens the way production MoE routers do. bf16 safetensors: about 23 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lynx_ops.embedded import corpus  # noqa: E402
+
+ARCH = dict(
+    vocab_size=4096, hidden_size=256, intermediate_size=768, moe_intermediate_size=96,
+    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+    num_experts=32, num_experts_per_tok=4, norm_topk_prob=True, decoder_sparse_step=1,
+    mlp_only_layers=[], max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-6,
+    tie_word_embeddings=True, router_aux_loss_coef=0.01, output_router_logits=False,
+    bos_token_id=1, eos_token_id=0, pad_token_id=0,
+)  # fmt: skip
+SPECIAL = ["<|endoftext|>", "<|bos|>"]
+
+
+def train_tokenizer(texts: list[str], vocab: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="lynx_ops/embedded/model")
+    ap.add_argument("--minutes", type=float, default=12.0, help="training time budget")
+    ap.add_argument("--max-steps", type=int, default=100_000)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from transformers import PreTrainedTokenizerFast, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t_start = time.perf_counter()
+    train_files, heldout_files = corpus.files("train"), corpus.files("heldout")
+    train_texts = [p.read_text(encoding="utf-8", errors="replace") for p in train_files]
+    tok = train_tokenizer(train_texts, ARCH["vocab_size"])
+    eos = tok.token_to_id("<|endoftext|>")
+    ids: list[int] = []
+    for text in train_texts:
+        ids.extend(tok.encode(text).ids + [eos])
+    data = torch.tensor(ids, dtype=torch.long)
+    print(f"corpus: {len(train_files)} train files ({len(data)} tokens), "
+          f"{len(heldout_files)} held out; tokenizer in {time.perf_counter() - t_start:.0f} s",
+          flush=True)  # fmt: skip
+
+    config = Qwen3MoeConfig(**ARCH)
+    model = Qwen3MoeForCausalLM(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    budget_s = args.minutes * 60
+    gen = torch.Generator().manual_seed(args.seed)
+    t0, step, losses = time.perf_counter(), 0, []
+    warmup = 200
+    while step < args.max_steps and time.perf_counter() - t0 < budget_s:
+        frac = min(1.0, (time.perf_counter() - t0) / budget_s)
+        lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        starts = torch.randint(0, len(data) - args.seq_len - 1, (args.batch,), generator=gen)
+        batch = torch.stack([data[s : s + args.seq_len + 1] for s in starts.tolist()]).to(device)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            out = model(input_ids=batch[:, :-1], labels=batch[:, :-1].clone(),
+                        output_router_logits=True)  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(out.loss.item())
+        step += 1
+        if step % 100 == 0 or step == 1:
+            print(f"step {step} loss {statistics_mean(losses[-100:]):.3f} lr {lr:.2e} "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.output_router_logits = False
+    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|bos|>", pad_token="<|endoftext|>")  # fmt: skip
+    fast.save_pretrained(out_dir)
+    import transformers
+
+    record = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seed": args.seed, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "architecture": ARCH,
+        "corpus": {"root": "stdlib of the training Python", "train_files": len(train_files),
+                   "heldout_files": len(heldout_files), "train_tokens": len(data),
+                   "train_fingerprint": corpus.fingerprint(train_files),
+                   "heldout_fingerprint": corpus.fingerprint(heldout_files),
+                   "heldout_every": corpus.HELD_OUT_EVERY},
+        "steps": step, "seq_len": args.seq_len, "batch": args.batch, "lr": args.lr,
+        "minutes": round((time.perf_counter() - t0) / 60, 2),
+        "final_loss_mean_last_100": statistics_mean(losses[-100:]),
+    }  # fmt: skip
+    (out_dir / "training.json").write_text(json.dumps(record, indent=1))
+    size = sum(p.stat().st_size for p in out_dir.iterdir()) / 2**20
+    print(f"saved {out_dir} ({size:.1f} MiB) after {step} steps", flush=True)
+
+
+def statistics_mean(values: list[float]) -> float:
+    return sum(values) / max(len(values), 1)
+
+
+if __name__ == "__main__":
+    main()
