@@ -134,8 +134,12 @@ def remap_ref(
     hist = member.sum(dim=0)  # [E, B]
     leave_one_out = hist[None] - member.long()  # [T, E, B]: without the voting row itself
 
-    # Step 4: each row's candidates by (q, c'[0], ..., c'[beta], d), lexicographically.
-    keys = [q] + [leave_one_out[:, :, j] for j in range(beta + 1)] + [d]
+    # Step 4: each row's candidates by (q, c'[0], ..., c'[beta], d), lexicographically; equal
+    # scores prefer the row's vanilla experts (the router may break score ties differently from
+    # index order: bf16 logits tie often), so a lone row keeps exactly its vanilla set.
+    vanilla = torch.zeros(num_rows, num_experts, dtype=torch.int64, device=device)
+    vanilla.scatter_(1, topk_ids.long(), 1)
+    keys = [q] + [leave_one_out[:, :, j] for j in range(beta + 1)] + [d, vanilla]
     candidates = _lexicographic_topk(keys, k)  # [T, k]
 
     # Step 5: kept set, from valid rows only.
@@ -143,9 +147,10 @@ def remap_ref(
     voted.scatter_(1, candidates, True)
     kept = (voted & valid[:, None]).any(dim=0)  # [E]
 
-    # Step 6: each row's k best experts by s within the kept set (ties to the lower index).
+    # Step 6: each row's k best experts by s within the kept set (ties to vanilla experts, then
+    # to the lower index).
     s_kept = s.masked_fill(~kept[None, :], float("-inf"))
-    final_ids = _lexicographic_topk([s_kept], k)  # [T, k], sorted by s descending
+    final_ids = _lexicographic_topk([s_kept, vanilla], k)  # [T, k], sorted by s descending
 
     # Step 7: weights for rows whose expert set changed; unchanged rows keep vanilla bits.
     same_set = (final_ids[:, :, None] == topk_ids.long()[:, None, :]).any(dim=2).all(dim=1)

@@ -131,3 +131,25 @@ def test_random_against_reference(device, path, case):
     args = op_args(shape, x, w, ids, bias, n)
     assume(not near_bin_edge(args))
     assert_matches_reference(args, run_kernel(device, args, path))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", ["fused", "split"])
+def test_score_ties_keep_the_routers_choice(device, path):
+    """Equal bf16 scores: the kernel keeps the router's pick, as the reference does."""
+    torch.manual_seed(0)
+    x = (torch.randn(6, 32) * 2).to(torch.bfloat16).round()  # integer logits: many exact ties
+    w, ids = torch.softmax(x.float(), dim=1).topk(4, dim=1)
+    ids = ids.to(torch.int32).flip(1)  # vanilla order need not be sorted
+    # replace each row's last pick by the highest-index expert with the same score
+    for t in range(6):
+        same = (x[t] == x[t, ids[t, -1]]).nonzero().flatten()
+        candidates = [e for e in same.tolist() if e not in ids[t].tolist()]
+        if candidates:
+            ids[t, -1] = candidates[-1]
+    for n in (1, 6):
+        args = (x, w, ids, torch.tensor([n]), None, 3.0, 2, 0, 0, 1.0, 0)
+        got = run_kernel(device, args, path)
+        assert_matches_reference(args, got)
+        if n == 1:
+            assert torch.equal(got[1][0], ids[0])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
+from lynx_ops.reference import remap_ref
 from lynx_ops.routing import Scoring, WeightRule
 from tests.helpers import FAMILY_SHAPES, Shape, make_batch, op_args, vanilla_routing
 
@@ -258,3 +259,19 @@ def test_bad_input_names_the_problem(mutate, match):
     mutate(a)
     with pytest.raises(ValueError, match=match):
         remap(*a.values())
+
+
+def test_score_ties_keep_the_routers_choice():
+    """A lone row whose router broke a score tie towards the higher index (torch.topk on bf16 logits
+    does) is returned unchanged: equal scores go to the vanilla experts before the lower index.
+    Found on a trained model by the fidelity harness."""
+    logits = torch.tensor([[0.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.5, 0.0]])
+    ids = torch.tensor([[1, 6]], dtype=torch.int32)  # 6 rather than 2: same score
+    weights = torch.softmax(logits[:, [1, 6]], dim=1)
+    for n in (1, 2):  # also with a padding row present
+        x = torch.cat([logits, logits.flip(1)])[:2]
+        w = torch.cat([weights, weights])
+        i = torch.cat([ids, torch.tensor([[6, 1]], dtype=torch.int32)])
+        out_w, out_ids, touched = remap_ref(x[:n], w[:n], i[:n], torch.tensor([n]), None,
+                                            3.0, 2, 0, 0, 1.0, 0)  # fmt: skip
+        assert torch.equal(out_ids[0], ids[0]) and torch.equal(out_w[0], weights[0])

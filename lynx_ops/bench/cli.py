@@ -41,7 +41,8 @@ def _engine_kwargs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path) -> dict:
+def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
+                module: str = "lynx_ops.bench.offline") -> dict:  # fmt: skip
     spec_path = workdir / f"spec-{label}.json"
     spec_path.write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
@@ -52,7 +53,7 @@ def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path
     # vLLM logs to stdout: straight to the log file; progress lines come on stderr.
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lynx_ops.bench.offline", str(spec_path)],
+            [sys.executable, "-m", module, str(spec_path)],
             stdout=log, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         assert proc.stderr is not None
@@ -170,6 +171,54 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
               f"{(f'{ceil:.3f}' if ceil else '-'):>10} {(f'{eff:.2f}' if eff else '-'):>10} {bw:>12}")  # fmt: skip
 
 
+def _prefix_share(a: list[int], b: list[int]) -> float:
+    same = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    return same / max(len(a), 1)
+
+
+def fidelity(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lynx-fidelity-", dir=out_dir))
+    spec = {"model": args.model, "batches": args.batches, "prompt_len": args.prompt_len,
+            "forced_len": args.forced_len, "greedy_len": args.greedy_len,
+            "engine": {"max_model_len": args.prompt_len + max(args.forced_len, args.greedy_len) + 8,
+                       "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)}}  # fmt: skip
+    module = "lynx_ops.bench.fidelity"
+    stock = _run_worker("stock", spec, {}, work, module)
+    lynx = _run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work, module)
+    prov = provenance()
+    rows = []
+    for s, lx in zip(stock["rows"], lynx["rows"], strict=True):
+        pairs = list(zip(s["greedy"], lx["greedy"], strict=True))
+        rows.append({
+            "model": args.model, "batch": s["batch"], "tokens_scored": s["tokens_scored"],
+            "forced_followed": s["forced_tokens_followed"] and lx["forced_tokens_followed"],
+            "stock_nll_per_token": s["nll_per_token"], "lynx_nll_per_token": lx["nll_per_token"],
+            "delta_nll_per_token": lx["nll_per_token"] - s["nll_per_token"],
+            "stock_ppl": s["perplexity"], "lynx_ppl": lx["perplexity"],
+            "greedy_identical_share": sum(a == b for a, b in pairs) / len(pairs),
+            "greedy_common_prefix_share": sum(_prefix_share(a, b) for a, b in pairs) / len(pairs),
+            "experts_before": lx["experts_before"], "experts_after": lx["experts_after"], **prov,
+        })  # fmt: skip
+    (out_dir / "fidelity.json").write_text(json.dumps({"stock": stock, "lynx": lynx,
+                                                       "rows": rows}, indent=1))  # fmt: skip
+    write_csv(out_dir / "fidelity.csv", rows)
+    print(f"\n{args.model}: decode-phase teacher-forced NLL per token, stock vs Lynx")
+    print(f"{'B':>4} {'stock nll':>9} {'lynx nll':>9} {'delta':>8} {'greedy same':>11} "
+          f"{'prefix':>6} {'experts before->after':>22}")  # fmt: skip
+    for r in rows:
+        ex = (f"{r['experts_before']:.1f} -> {r['experts_after']:.1f}"
+              if r["experts_before"] is not None else "-")  # fmt: skip
+        print(f"{r['batch']:>4} {r['stock_nll_per_token']:>9.4f} {r['lynx_nll_per_token']:>9.4f} "
+              f"{r['delta_nll_per_token']:>+8.4f} {r['greedy_identical_share']:>11.2f} "
+              f"{r['greedy_common_prefix_share']:>6.2f} {ex:>22}")  # fmt: skip
+    print(f"results: {out_dir / 'fidelity.csv'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lynx-bench", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -193,10 +242,25 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="extra LLM(...) argument, e.g. enforce_eager=true")  # fmt: skip
     off.add_argument("--out", default="perf/results/lynx-bench")
+    fid = sub.add_parser("fidelity", help="decode-phase log-likelihood and greedy agreement")
+    fid.add_argument("--model", default=None, help="local checkpoint (default: the embedded one)")
+    fid.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    fid.add_argument("--prompt-len", type=int, default=64)
+    fid.add_argument("--forced-len", type=int, default=64)
+    fid.add_argument("--greedy-len", type=int, default=32)
+    fid.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE")
+    fid.add_argument("--out", default="perf/results/lynx-fidelity")
     args = ap.parse_args(argv)
     if args.cmd == "offline":
         return offline(args)
-    return 2
+    if args.model is None:
+        from lynx_ops import embedded
+
+        if not embedded.available():
+            raise SystemExit("no --model given and the embedded model is not trained yet "
+                             "(scripts/train_embedded_model.py)")  # fmt: skip
+        args.model = str(embedded.MODEL_DIR)
+    return fidelity(args)
 
 
 if __name__ == "__main__":

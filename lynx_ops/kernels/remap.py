@@ -24,8 +24,9 @@ Keys, so that each of the k selections of a row costs one or two row reductions 
   The reference votes with the leave-one-out histogram; the full one gives the same order because
   experts are only compared within one bin, and removing the voting row subtracts 1 from the same
   column of every expert in that bin.
-* vote, second key (ties of the first): the row's own gap as sortable bits, then the lower index.
-* final choice: the score as sortable bits, then the lower index.
+* vote, second key (ties of the first): the row's own gap as sortable bits, then whether the
+  expert is in the row's vanilla choice, then the lower index.
+* final choice: the score as sortable bits, then vanilla membership, then the lower index.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ from lynx_ops.routing import SIGMOID_BIAS_EPS, Scoring, WeightRule
 # Globals used in @triton.jit must be constexpr.
 _NEG_INF = tl.constexpr(float("-inf"))
 _INT64_MIN = tl.constexpr(-(2**63))
-# Keys carry 1023 - expert index in their low 10 bits (E <= 1024): ties go to the lower index.
-_IDX_BITS = tl.constexpr(10)
+# Tie-break bits of a key: bit 10 = expert is in the row's vanilla choice, bits 0-9 = 1023 - expert
+# index (E <= 1024). Equal scores go to the vanilla experts, then to the lower index.
+_TIE_BITS = tl.constexpr(11)
 
 
 @triton.jit
@@ -92,11 +94,17 @@ def _block_hist(q, valid, BETA: tl.constexpr):
 
 
 @triton.jit
-def _block_kept(d, q, allowed, hist, valid, cols, K: tl.constexpr, BETA: tl.constexpr):
+def _tie_bits(vanilla, cols):
+    """[BT, BE] int64: the low key bits that order equal scores (see _TIE_BITS)."""
+    return (vanilla.to(tl.int64) << 10) | (1023 - cols).to(tl.int64)[None, :]
+
+
+@triton.jit
+def _block_kept(d, q, allowed, vanilla, hist, valid, cols, K: tl.constexpr, BETA: tl.constexpr):
     """[BE] int32: 1 for experts among the k candidates of some valid row of this block."""
     key1 = tl.where(allowed, ((BETA + q).to(tl.int64) << 60) | hist[None, :], -1)
     gap = 0x7FFFFFFF - tl.abs(d).to(tl.int32, bitcast=True)  # smaller |d| -> larger
-    key2 = (gap.to(tl.int64) << _IDX_BITS) | (1023 - cols).to(tl.int64)[None, :]
+    key2 = (gap.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols)
     voted = tl.zeros(key1.shape, dtype=tl.int1)
     for _ in tl.static_range(K):
         best1 = tl.max(key1, axis=1)
@@ -120,9 +128,10 @@ def _block_final(
     use before and after."""
     kcols = tl.arange(0, BLOCK_K)
     k_ok = kcols < K
+    s = tl.where(s == 0.0, 0.0, s)  # -0.0 == 0.0 as floats; make the bits agree
     bits = s.to(tl.int32, bitcast=True)
     sortable = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed-integer order
-    key = (sortable.to(tl.int64) << _IDX_BITS) | (1023 - cols).to(tl.int64)[None, :]
+    key = (sortable.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols)
     key = tl.where(allowed & (kept[None, :] > 0), key, _INT64_MIN)
     # -1 in the padded columns (k not a power of two) so they never match a vanilla id
     new_ids = tl.full([s.shape[0], BLOCK_K], -1, dtype=tl.int32)
@@ -216,7 +225,7 @@ def _fused_kernel(
         rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
     )  # fmt: skip
     hist = _block_hist(q, valid, BETA)
-    kept = _block_kept(d, q, allowed, hist, valid, cols, K, BETA)
+    kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, K, BETA)
     before, after = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
@@ -266,7 +275,7 @@ def _vote_kernel(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, valid, cols, cols < E, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
     )  # fmt: skip
-    kept = _block_kept(d, q, allowed, hist, valid, cols, K, BETA)
+    kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, K, BETA)
     tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
 
 

@@ -1,0 +1,140 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Decode-phase fidelity: does the remap change what the model predicts?
+
+One engine per process (stock or Lynx is the caller's environment), on any local checkpoint with
+a tokenizer. For each batch size B, B held-out text windows (lynx_ops.embedded.corpus):
+* teacher-forced decode log-likelihood: the prompt is the window's first `prompt_len` tokens; the
+  next `forced_len` tokens are produced one per step (the first by the prefill step, which is not
+  scored; the rest by *decode steps*) with the reference token forced at each
+  step by a logits processor (`TeacherForcing`), while vLLM reports the raw logprob of that token
+  (logprobs_mode=raw_logprobs: before any processor). So the remap acts exactly as in real decode,
+  and the sum of those logprobs is the model's log-likelihood of the reference continuation;
+* greedy outputs from the same prompts, compared stock vs Lynx by the caller.
+Lynx's per-layer expert counts come with each batch size.
+
+    python -m lynx_ops.bench.fidelity SPEC.json  ->  "RESULT {json}" on stdout
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from vllm.sampling_params import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+FORCE_KEY = "lynx_force"  # SamplingParams.extra_args key: the token ids to force, in order
+
+
+class TeacherForcing(LogitsProcessor):
+    """Forces request r's i-th output token to extra_args['lynx_force'][i] (if given)."""
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
+        self.targets: dict[int, tuple[list[int], list[int]]] = {}
+
+    @classmethod
+    def validate_params(cls, params: SamplingParams) -> None:
+        force = (params.extra_args or {}).get(FORCE_KEY)
+        if force is not None and not all(isinstance(t, int) and t >= 0 for t in force):
+            raise ValueError(f"{FORCE_KEY} must be a list of token ids")
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        def new_state(params, _prompt, output_ids):
+            force = (params.extra_args or {}).get(FORCE_KEY)
+            return (force, output_ids) if force else None
+
+        process_dict_updates(self.targets, batch_update, new_state)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        for row, (force, output_ids) in self.targets.items():
+            pos = len(output_ids)
+            if pos < len(force):
+                keep = logits[row, force[pos]].clone()
+                logits[row].fill_(float("-inf"))
+                logits[row, force[pos]] = keep
+        return logits
+
+
+def _lynx_snapshot(worker):
+    from lynx_ops.integration import layers
+
+    return layers.snapshot()
+
+
+def _lynx_reset(worker):
+    from lynx_ops.integration import layers
+
+    layers.reset()
+
+
+def windows(tokenizer, count: int, length: int) -> list[list[int]]:
+    """`count` token windows of `length` from the held-out files, in a fixed order."""
+    from lynx_ops.embedded import corpus
+
+    out: list[list[int]] = []
+    for text in corpus.texts("heldout"):
+        ids = tokenizer.encode(text)
+        for start in range(0, len(ids) - length, length):
+            out.append(ids[start : start + length])
+            if len(out) == count:
+                return out
+    raise ValueError(f"held-out corpus has only {len(out)} windows of {length} tokens")
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    from vllm import LLM
+    from vllm.inputs import TokensPrompt
+
+    from lynx_ops import plugin
+
+    llm = LLM(model=spec["model"], seed=0, logprobs_mode="raw_logprobs",
+              logits_processors=[TeacherForcing], **spec.get("engine", {}))  # fmt: skip
+    lynx = bool(plugin._STATE["installed"])
+    tok = llm.get_tokenizer()
+    p_len, f_len = spec["prompt_len"], spec["forced_len"]
+    pool = windows(tok, max(spec["batches"]), p_len + f_len)
+    result: dict[str, Any] = {"lynx": lynx, "rows": []}
+    for batch in spec["batches"]:
+        wins = pool[:batch]
+        prompts = [TokensPrompt(prompt_token_ids=w[:p_len]) for w in wins]
+        if lynx:
+            llm.collective_rpc(_lynx_reset)
+        forced = [SamplingParams(max_tokens=f_len, temperature=0.0, logprobs=0, ignore_eos=True,
+                                 extra_args={FORCE_KEY: w[p_len:]}) for w in wins]  # fmt: skip
+        outs = llm.generate(prompts, forced, use_tqdm=False)
+        nll, follows = [], True
+        for w, o in zip(wins, outs, strict=True):
+            got = list(o.outputs[0].token_ids)
+            follows &= got == w[p_len:]
+            # output 0 comes from the prefill step; the rest from decode steps, which Lynx remaps
+            for pos, lp in list(zip(got, o.outputs[0].logprobs, strict=True))[1:]:
+                nll.append(-lp[pos].logprob)
+        experts = llm.collective_rpc(_lynx_snapshot)[0] if lynx else {}
+        greedy = llm.generate(
+            prompts, SamplingParams(max_tokens=spec.get("greedy_len", f_len), temperature=0.0),
+            use_tqdm=False,
+        )  # fmt: skip
+        active = [v for v in experts.values() if v["calls"]]
+        result["rows"].append({
+            "batch": batch, "tokens_scored": len(nll), "forced_tokens_followed": follows,
+            "nll_per_token": statistics.mean(nll), "perplexity": math.exp(statistics.mean(nll)),
+            "greedy": [list(g.outputs[0].token_ids) for g in greedy],
+            "experts_before": statistics.mean(v["before"] for v in active) if active else None,
+            "experts_after": statistics.mean(v["after"] for v in active) if active else None,
+        })  # fmt: skip
+        print(f"PROGRESS B={batch}: nll/token {result['rows'][-1]['nll_per_token']:.4f}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return result
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(run(json.loads(Path(sys.argv[1]).read_text()))), flush=True)
