@@ -1,7 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Demonstration of `torch.ops.lynx.remap` on a built-in example batch (no download, CPU or GPU).
+"""The README's main job.
 
-    python -m lynx_ops.demo [--batch 32] [--family qwen3_moe]
+    python -m lynx_ops.demo                  # stock vs Lynx in vLLM on the embedded model
+    python -m lynx_ops.demo --model DIR      # ... on any local checkpoint
+    python -m lynx_ops.demo --op [--batch 32] [--family qwen3_moe]   # the op alone
+
+Until the embedded model is trained, the default is the op on a built-in example batch:
 
 The router logits are synthetic: Gaussian (std 2 logits) plus a per-expert skew (std 1), i.e. a
 trained-router-like spread where tokens share favourites. They are not from a trained model, so the
@@ -19,6 +23,27 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The main job: stock vs Lynx in vLLM on the embedded model (or --model) when there is one,
+    else the op on the built-in example batch (--op forces that)."""
+    ap = argparse.ArgumentParser(description="Lynx: stock vs Lynx on a model, or the op demo")
+    ap.add_argument("--model", help="compare stock vLLM and Lynx on this local checkpoint")
+    ap.add_argument("--op", action="store_true", help="only the op on the example batch")
+    known, rest = ap.parse_known_args(argv)
+    from lynx_ops import embedded
+
+    model = known.model or (str(embedded.MODEL_DIR) if embedded.available() else None)
+    if model and not known.op:
+        from lynx_ops import compare
+
+        return compare.main(["--model", model, *rest])
+    if not known.op:
+        print("[lynx demo] the embedded model is not trained yet (scripts/train_embedded_model.py); "
+              "showing the op on the built-in example batch. Give --model DIR to compare stock "
+              "vLLM and Lynx on a checkpoint.")  # fmt: skip
+    return op_demo(rest)
+
+
+def op_demo(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Lynx remap on a built-in example batch")
     ap.add_argument("--batch", type=int, default=32, help="decode batch size (rows)")
     ap.add_argument("--family", default="qwen3_moe",

@@ -52,7 +52,8 @@ def main(spec_path: str) -> None:
               skip_tokenizer_init=spec.get("skip_tokenizer_init", True), seed=0,
               **spec.get("engine", {}))  # fmt: skip
     startup_s = time.perf_counter() - t0
-    prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
+    prompts = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=p)
+               for p in spec["prompts"]]  # fmt: skip
     result = {"startup_s": round(startup_s, 1), "lynx_installed": _lynx_active(), "phases": []}
 
     if spec.get("spread") is not None:
@@ -67,7 +68,8 @@ def main(spec_path: str) -> None:
         t0 = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
         entry = {"name": phase["name"], "seconds": round(time.perf_counter() - t0, 3),
-                 "tokens": [list(o.outputs[0].token_ids) for o in outs]}  # fmt: skip
+                 "tokens": [list(o.outputs[0].token_ids) for o in outs],
+                 "texts": [o.outputs[0].text for o in outs]}  # fmt: skip
         if result["lynx_installed"]:
             entry["lynx"] = llm.collective_rpc(_lynx_snapshot)[0]
         result["phases"].append(entry)

