@@ -219,6 +219,73 @@ def fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def online_cmd(args: argparse.Namespace) -> int:
+    from lynx_ops.bench import online
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lynx-online-", dir=out_dir))
+    serve_args = [f"--max-model-len={args.input_len + args.output_len + 16}", *args.serve_arg]
+    if args.shape:
+        cfg = model_configs.config(args.shape, args.layers, tiny=args.tiny)
+        model = str(model_configs.write_model_dir(args.shape, work / "model", args.layers,
+                                                  tiny=args.tiny))  # fmt: skip
+        vocab = cfg["vocab_size"]
+        serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
+    else:
+        model, vocab = args.model, args.vocab
+    realism = args.spread.lower() != "none" and bool(args.shape)
+    router = (router_realism.describe(float(args.spread), args.skew) if realism
+              else "checkpoint router" if args.model
+              else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
+    spec = {"rates": args.rates, "duration": args.duration, "input_len": args.input_len,
+            "output_len": args.output_len, "vocab": vocab,
+            "spread": float(args.spread) if realism else None, "skew": args.skew}  # fmt: skip
+    runs = {"stock": online.run_mode("stock", model, serve_args, {}, spec, work),
+            "lynx": online.run_mode("lynx", model, serve_args, {"VLLM_LYNX_ENABLED": "1"},
+                                    spec, work)}  # fmt: skip
+    prov = provenance()
+    rows = []
+    for side, res in runs.items():
+        for r in res["rows"]:
+            rows.append({"model": args.shape or args.model, "mode": side, "router": router,
+                         "input_len": args.input_len, "output_len": args.output_len,
+                         **{k: v for k, v in r.items() if k != "errors"}, **prov})  # fmt: skip
+    best = {
+        side: online.best_within(res["rows"], args.tpot_target_ms) for side, res in runs.items()
+    }
+    (out_dir / "online.json").write_text(json.dumps({"runs": runs, "best": best,
+                                                     "tpot_target_ms": args.tpot_target_ms,
+                                                     "router": router, **prov}, indent=1))  # fmt: skip
+    write_csv(out_dir / "online.csv", rows)
+    print(f"\nrouter: {router}; {prov['gpu']}, vLLM {prov['vllm']} @ {prov['git_sha']}")
+    print(f"{'rate/s':>7} {'stock tok/s':>11} {'stock TPOT ms':>13} {'lynx tok/s':>10} "
+          f"{'lynx TPOT ms':>12} {'experts b->a':>14}")  # fmt: skip
+    for s_row, l_row in zip(runs["stock"]["rows"], runs["lynx"]["rows"], strict=True):
+        ex = (f"{l_row['experts_before']:.1f}->{l_row['experts_after']:.1f}"
+              if "experts_before" in l_row else "-")  # fmt: skip
+        print(f"{s_row['rate']:>7g} {s_row['output_tok_s']:>11.1f} "
+              f"{_fmt(s_row['tpot_ms_median']):>13} {l_row['output_tok_s']:>10.1f} "
+              f"{_fmt(l_row['tpot_ms_median']):>12} {ex:>14}")  # fmt: skip
+    for side in ("stock", "lynx"):
+        b = best[side]
+        print(
+            f"{side}: best throughput within median TPOT <= {args.tpot_target_ms:g} ms: "
+            + (f"{b['output_tok_s']:.1f} tok/s at {b['rate']:g} req/s" if b else "none")
+        )
+    if best["stock"] and best["lynx"]:
+        print(
+            f"serving throughput at the target, Lynx / stock: "
+            f"{best['lynx']['output_tok_s'] / best['stock']['output_tok_s']:.2f}x"
+        )
+    print(f"results: {out_dir / 'online.csv'}  logs: {work}")
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lynx-bench", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -250,9 +317,27 @@ def main(argv: list[str] | None = None) -> int:
     fid.add_argument("--greedy-len", type=int, default=32)
     fid.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE")
     fid.add_argument("--out", default="perf/results/lynx-fidelity")
+    onl = sub.add_parser("online", help="vllm serve at request rates, stock vs Lynx")
+    src = onl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shape", choices=sorted(model_configs.SHAPES))
+    src.add_argument("--model")
+    onl.add_argument("--layers", type=int, default=None)
+    onl.add_argument("--tiny", action="store_true", help="CPU smoke tests only")
+    onl.add_argument("--vocab", type=int, default=30000)
+    onl.add_argument("--rates", type=float, nargs="+", default=[1, 2, 4, 8, 16])
+    onl.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate")
+    onl.add_argument("--input-len", type=int, default=128)
+    onl.add_argument("--output-len", type=int, default=128)
+    onl.add_argument("--tpot-target-ms", type=float, default=50.0)
+    onl.add_argument("--spread", default="2.0")
+    onl.add_argument("--skew", type=float, default=1.0)
+    onl.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
+    onl.add_argument("--out", default="perf/results/lynx-online")
     args = ap.parse_args(argv)
     if args.cmd == "offline":
         return offline(args)
+    if args.cmd == "online":
+        return online_cmd(args)
     if args.model is None:
         from lynx_ops import embedded
 
