@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# On the GPU machine, after the devkit (../shared/devkit/README.md):
+#   source .devkit/env.sh && LYNX_GIT_SHA=<sha> bash scripts/gpu_bench.sh [shape ...]
+# Offline stock / Lynx / ceiling runs per shape (issue 4), results under $OUT/<shape>/.
+set -uo pipefail
+OUT="${OUT:-/tmp/lynx-out}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
+SHAPES=("$@"); [ ${#SHAPES[@]} -gt 0 ] || SHAPES=(qwen3-moe mixtral qwen2-moe deepseek-v2-lite)
+for shape in "${SHAPES[@]}"; do
+  case "$shape" in
+    qwen3-moe) ceil="16 32 64 96" ;;   # E=128
+    mixtral) ceil="2 4 6" ;;            # E=8
+    qwen2-moe) ceil="8 16 32 48" ;;     # E=60
+    deepseek-v2-lite) ceil="8 16 32 48" ;;  # E=64
+    *) ceil="" ;;
+  esac
+  python3 -m lynx_ops.bench.cli offline --shape "$shape" ${LYNX_LAYERS:+--layers $LYNX_LAYERS} \
+    --batches ${LYNX_BATCHES:-1 8 16 32 64 128} --input-len 128 --output-len ${LYNX_OUTPUT_LEN:-64} \
+    --repeats ${LYNX_REPEATS:-3} --ceiling $ceil --engine-arg gpu_memory_utilization=0.85 \
+    --out "$OUT/$shape" 2>&1 | tee "$OUT/$shape.log" | grep -v "repeat"
+done
