@@ -13,6 +13,9 @@ ENVIRONMENT_VARIABLES = {
     ),
     # Path of a JSON policy file (docs/MODELS.md) that overrides or adds family policies.
     "VLLM_LYNX_CONFIG_FILE": lambda: os.environ.get("VLLM_LYNX_CONFIG_FILE") or None,
+    # Seconds between "[lynx] stats" log lines from each worker (decode remaps and distinct experts
+    # per layer since the last line); 0 turns them off.
+    "VLLM_LYNX_LOG_INTERVAL": lambda: float(os.environ.get("VLLM_LYNX_LOG_INTERVAL", "60") or 0),
     # Benchmarks only: K > 0 replaces the remap in decode steps by k consecutive experts mod K from
     # each row's top-1 (distinct per row), forcing every MoE layer onto at most K experts: the best
     # step time any remap could reach at that expert count. Outputs are meaningless.

@@ -171,3 +171,26 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
         want[2].tolist()
     )
     layers.LAYERS.clear()
+
+
+def test_stats_line_reports_deltas_since_last_line():
+    import torch
+
+    from lynx_ops.stats import ExpertStats
+
+    a = SimpleNamespace(stats=ExpertStats(1, "cpu"))
+    b = SimpleNamespace(stats=ExpertStats(1, "cpu"))
+    layers.LAYERS.update({"l.0.x": a, "l.1.x": b})
+    try:
+        previous: dict = {}
+        for _ in range(3):
+            a.stats.record(0, torch.tensor([20, 10], dtype=torch.int32))
+            b.stats.record(0, torch.tensor([20, 6], dtype=torch.int32))
+        line = layers.stats_line(previous)
+        assert line.startswith("3 decode remaps per layer over 2 layers")
+        assert "20.0 -> 8.0 (60% fewer)" in line
+        assert layers.stats_line(previous) is None  # nothing new since
+        a.stats.record(0, torch.tensor([10, 10], dtype=torch.int32))
+        assert "10.0 -> 10.0" in layers.stats_line(previous)
+    finally:
+        layers.LAYERS.clear()

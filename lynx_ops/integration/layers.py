@@ -216,9 +216,69 @@ def _announce(state: LayerState) -> None:
         state.policy.describe(), len(covered), _ranges(covered), state.facts.kind,
         state.facts.num_experts, state.facts.top_k, gating,
     )  # fmt: skip
+    _start_stats_logger()
     if not useful:
         log_once("no-decode", logging.WARNING,
                  "Lynx has no decode step to act on under this graph mode: %s", gating)  # fmt: skip
+
+
+_LOGGER_THREAD: threading.Thread | None = None
+
+
+def _start_stats_logger() -> None:
+    """A daemon thread that logs what Lynx did since its last line (VLLM_LYNX_LOG_INTERVAL).
+
+    It reads the device counters with one small copy per layer; under CUDA graphs the counters
+    keep counting on replay, so this is the only view of decode steps that run no Python."""
+    global _LOGGER_THREAD
+    from lynx_ops import envs
+
+    interval = envs.VLLM_LYNX_LOG_INTERVAL
+    with _LOCK:
+        if interval <= 0 or _LOGGER_THREAD is not None:
+            return
+        _LOGGER_THREAD = threading.Thread(target=_log_loop, args=(interval,), daemon=True,
+                                          name="lynx-stats")  # fmt: skip
+    _LOGGER_THREAD.start()
+
+
+def _log_loop(interval: float) -> None:
+    import time
+
+    previous: dict[str, tuple[int, int, int]] = {}
+    while True:
+        time.sleep(interval)
+        try:
+            line = stats_line(previous)
+        except Exception as e:  # never let telemetry take the worker down
+            logger.warning("[lynx] stats unavailable: %s", e)
+            return
+        if line:
+            logger.info("[lynx] stats: %s", line)
+
+
+def stats_line(previous: dict[str, tuple[int, int, int]]) -> str | None:
+    """Decode remaps and mean distinct experts per layer since `previous` (updated in place)."""
+    calls = before = after = layers_active = 0
+    for name, state in list(LAYERS.items()):
+        if state.stats is None:
+            continue
+        current = tuple(int(v) for v in state.stats.buffer[0].tolist())
+        c0, b0, a0 = previous.get(name, (0, 0, 0))
+        previous[name] = current
+        dc, db, da = current[0] - c0, current[1] - b0, current[2] - a0
+        if dc > 0:
+            calls, before, after, layers_active = (
+                calls + dc,
+                before + db,
+                after + da,
+                layers_active + 1,
+            )
+    if not calls:
+        return None
+    return (f"{calls // layers_active} decode remaps per layer over {layers_active} layers; "
+            f"distinct experts per layer {before / calls:.1f} -> {after / calls:.1f} "
+            f"({100 * (1 - after / before):.0f}% fewer)")  # fmt: skip
 
 
 def _ranges(values: list[int]) -> str:
