@@ -92,3 +92,25 @@ def test_policy_that_contradicts_the_router_fails_at_startup(tmp_path):
     proc, result = run_engine(tmp_path, "qwen3-moe", "on", policy_file=policy)
     assert result is None and proc.returncode != 0
     assert "fix the policy's 'scoring'" in proc.stdout + proc.stderr
+
+
+def test_speculative_decoding_steps_count_as_decode(tmp_path):
+    """n-gram speculative decoding: verification steps carry 1 + drafts tokens per request and are
+    still uniform decode, so Lynx remaps them; prefill stays stock."""
+    rng = random.Random(1)
+    motif = [rng.randrange(3, 2048) for _ in range(6)]
+    spec = {"model": str(write_model_dir("qwen3-moe", tmp_path / "m", tiny=True)),
+            "prompts": [motif * 4 for _ in range(4)], "spread": 2.0, "skew": 1.0,
+            "engine": {**ENGINE, "speculative_config": {
+                "method": "ngram", "num_speculative_tokens": 3,
+                "prompt_lookup_max": 3, "prompt_lookup_min": 2}},
+            "phases": [{"name": "prefill", "max_tokens": 1},
+                       {"name": "decode", "max_tokens": 12}]}  # fmt: skip
+    proc, result = run_in_subprocess(spec, tmp_path, "on", timeout=900)
+    assert result is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    prefill, decode = result["phases"]
+    assert all(v["calls"] == 0 for v in prefill["lynx"]["layers"].values())
+    assert all(len(t) == 12 for t in decode["tokens"])
+    for name, layer in decode["lynx"]["layers"].items():
+        assert 1 <= layer["calls"] <= 11, name
+        assert layer["after"] <= layer["before"], name
