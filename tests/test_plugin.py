@@ -194,3 +194,52 @@ def test_stats_line_reports_deltas_since_last_line():
         assert "10.0 -> 10.0" in layers.stats_line(previous)
     finally:
         layers.LAYERS.clear()
+
+
+def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch):
+    """The GPU hook on a real vLLM BaseRouter subclass (pure-torch top-k so it runs on CPU): the
+    routed-experts capture sees the remapped logical ids, and the dtype cast still applies."""
+    import torch
+    import vllm.forward_context as fc
+    from vllm.config import CUDAGraphMode
+    from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
+
+    from lynx_ops.integration.runner import wrap_router
+    from lynx_ops.reference import remap_ref
+    from tests.helpers import Shape, make_batch
+
+    class TorchTopKRouter(BaseRouter):
+        scoring_func = "softmax"
+        routing_method_type = None  # abstract in vLLM; unused here
+
+        def _compute_routing(self, hidden_states, router_logits, indices_type, *, input_ids=None):
+            vals, ids = router_logits.float().topk(self.top_k, dim=1)
+            return vals.softmax(dim=1), ids.to(torch.int32)
+
+    router = TorchTopKRouter(top_k=8, global_num_experts=128)
+    captured = []
+    router.set_capture_fn(captured.append)
+    monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
+    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
+    config = _vllm_config(hf)
+    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
+    state = layers.attach(_runner(router), config)
+    wrap_router(router, state)
+
+    x, _, _, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 16, seed=5)
+    qsl = torch.tensor([0, 4, 8, 12, 16], dtype=torch.int32)
+    ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.FULL,
+                          attn_metadata={"a": SimpleNamespace(max_query_len=1,
+                                                              query_start_loc=qsl)})  # fmt: skip
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
+    weights, ids = router._select_experts(torch.zeros(16, 4), x, torch.int64)
+
+    stock_w, stock_ids = x.float().topk(8, dim=1)
+    want = remap_ref(x, stock_w.softmax(dim=1), stock_ids.to(torch.int32), torch.tensor([16]),
+                     None, *state.op_args())  # fmt: skip
+    assert ids.dtype == torch.int64 and torch.equal(ids, want[1].long())
+    assert torch.equal(captured[0], want[1]) and torch.equal(weights, want[0])
+    assert not torch.equal(want[1], stock_ids.to(torch.int32)), "the batch should be remapped"
+    layers.LAYERS.clear()

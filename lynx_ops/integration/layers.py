@@ -318,7 +318,7 @@ def route(
     weights, ids, touched = torch.ops.lynx.remap(
         logits, topk_weights, topk_ids, ph.rows, state.bias(), *state.op_args()
     )
-    if state.stats is None and not torch.cuda.is_current_stream_capturing():
+    if state.stats is None and not (touched.is_cuda and torch.cuda.is_current_stream_capturing()):
         state.stats = ExpertStats(1, touched.device)
     if state.stats is not None:
         state.stats.record(0, touched)

@@ -14,6 +14,22 @@ from lynx_ops.integration import cpu_routing, layers
 _ON_CPU = current_platform.is_cpu()
 
 
+def wrap_router(router, state: layers.LayerState) -> None:
+    """Route this router instance's top-k through Lynx: `BaseRouter._select_experts` calls
+    `_compute_routing` (the family's top-k), then the routed-experts capture, the EPLB map and the
+    dtype cast; overriding it on the instance puts the remap on logical ids before all three."""
+    compute_routing = router._compute_routing
+
+    def lynx_compute_routing(hidden_states, router_logits, indices_type, *, input_ids=None):
+        weights, ids = compute_routing(
+            hidden_states, router_logits, indices_type, input_ids=input_ids
+        )
+        weights, ids, _ = layers.route(state, router_logits, weights, ids)
+        return weights, ids
+
+    router._compute_routing = lynx_compute_routing
+
+
 class LynxMoERunner(MoERunner):
     """Registered with `MoERunner.register_oot`, so every FusedMoE layer vLLM builds is one."""
 
@@ -22,17 +38,7 @@ class LynxMoERunner(MoERunner):
         self._lynx = layers.attach(self, get_current_vllm_config())
         if self._lynx is None or _ON_CPU:
             return  # CPU experts route in cpu_fused_moe.select_experts (cpu_routing.py)
-        state, compute_routing = self._lynx, self.router._compute_routing
-
-        def lynx_compute_routing(hidden_states, router_logits, indices_type, *, input_ids=None):
-            weights, ids = compute_routing(
-                hidden_states, router_logits, indices_type, input_ids=input_ids
-            )
-            weights, ids, _ = layers.route(state, router_logits, weights, ids)
-            return weights, ids
-
-        # Per instance, after the family's top-k and before capture/EPLB (base_router.py).
-        self.router._compute_routing = lynx_compute_routing
+        wrap_router(self.router, self._lynx)
 
     def _forward_impl(self, *args, **kwargs):
         if self._lynx is not None and not _ON_CPU and self.is_monolithic:
