@@ -23,6 +23,17 @@ ENVIRONMENT_VARIABLES = {
 }
 
 
+def validate() -> None:
+    """Read every variable once, so a malformed value fails at startup naming the variable."""
+    for name, read in ENVIRONMENT_VARIABLES.items():
+        try:
+            value = read()
+        except ValueError as e:
+            raise ValueError(f"{name}={os.environ.get(name)!r} is not valid: {e}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{name}={os.environ.get(name)!r} must be >= 0")
+
+
 def __getattr__(name: str):
     if name in ENVIRONMENT_VARIABLES:
         return ENVIRONMENT_VARIABLES[name]()

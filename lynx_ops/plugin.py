@@ -41,6 +41,9 @@ def _install() -> None:
             _STATE["refused"],
         )
         return
+    from lynx_ops import envs as lynx_envs
+
+    lynx_envs.validate()
     _share_vllm_logging()
     _register_env_names()
     # Validate the policy file now, in every process, so a bad file fails at startup.

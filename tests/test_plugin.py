@@ -243,3 +243,9 @@ def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch
     assert torch.equal(captured[0], want[1]) and torch.equal(weights, want[0])
     assert not torch.equal(want[1], stock_ids.to(torch.int32)), "the batch should be remapped"
     layers.LAYERS.clear()
+
+
+def test_malformed_variable_fails_at_register():
+    proc = _python("from lynx_ops.plugin import register; register()",
+                   VLLM_LYNX_ENABLED="1", VLLM_LYNX_LOG_INTERVAL="often")  # fmt: skip
+    assert proc.returncode != 0 and "VLLM_LYNX_LOG_INTERVAL='often' is not valid" in proc.stderr

@@ -207,6 +207,8 @@ def _device_of(runner: Any) -> torch.device | None:
 
 def _announce(state: LayerState) -> None:
     """The one startup line per engine: family, policy, layers covered, gating mode."""
+    if "announce" in _LOGGED:  # cheap exit: this runs on every eager MoE call
+        return
     mode = state.vllm_config.compilation_config.cudagraph_mode
     gating, useful = phase_mod.describe_gating(mode)
     covered = sorted(s.index for s in LAYERS.values())
