@@ -105,7 +105,7 @@ def _empty_outputs(topk_weights: torch.Tensor, topk_ids: torch.Tensor):
     return (
         topk_weights.new_empty(topk_weights.shape),
         topk_ids.new_empty(topk_ids.shape),
-        topk_ids.new_empty((2,), dtype=torch.int32),
+        topk_ids.new_empty((4,), dtype=torch.int32),
     )
 
 

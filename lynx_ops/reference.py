@@ -107,8 +107,9 @@ def remap_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference `lynx::remap`. Inputs are assumed valid (the op validates them first).
 
-    Returns new `(topk_weights [T, k], topk_ids [T, k], experts_touched [2] int32)`, the last being
-    the number of distinct experts over the valid rows before and after the remap.
+    Returns new `(topk_weights [T, k], topk_ids [T, k], touched [4] int32)`; `touched` holds, over
+    the valid rows: distinct experts before and after the remap, rows that keep their top-1 expert
+    (the vanilla expert with the highest selection score), and the number of valid rows.
     """
     num_rows, num_experts = scores.shape
     k = topk_ids.shape[1]
@@ -161,10 +162,19 @@ def remap_ref(
     out_w = torch.where(changed[:, None], new_w, topk_weights)
     out_ids = torch.where(changed[:, None], final_ids.to(topk_ids.dtype), topk_ids)
 
+    # Rows keeping their top-1: the vanilla expert with the highest selection score is still used.
+    s_vanilla = s.masked_fill(vanilla == 0, float("-inf"))
+    top1 = (vanilla > 0) & (s_vanilla == s_vanilla.max(dim=1, keepdim=True).values)
+    used = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=device)
+    used.scatter_(1, out_ids.long(), True)
+    keeps_top1 = (top1 & used).any(dim=1) & valid
+
     touched = torch.stack(
         [
             _distinct_experts(topk_ids, valid, num_experts),
             _distinct_experts(out_ids, valid, num_experts),
+            keeps_top1.sum().to(torch.int32),
+            valid.sum().to(torch.int32),
         ]
     )
     return out_w, out_ids, touched

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Per-layer distinct-expert statistics, accumulated on the device with no host synchronisation.
 
-Each `lynx::remap` call returns `touched` ([2] int32: distinct experts over the valid rows before
-and after). `ExpertStats.record(layer, touched)` adds it, plus a call count, in place into a
+Each `lynx::remap` call returns `touched` ([4] int32, over the valid rows: distinct experts before
+and after, rows keeping their top-1 expert, valid rows). `ExpertStats.record(layer, touched)` adds
+it, plus a call count, in place into a
 fixed-address device buffer, so it is captured by CUDA graphs and keeps counting on every replay.
 `snapshot()` copies the buffer to the host (one sync) when someone asks.
 """
@@ -20,6 +21,8 @@ class LayerStats:
     calls: int
     experts_before: int  # summed over calls
     experts_after: int
+    rows_keeping_top1: int = 0
+    rows: int = 0
 
     @property
     def mean_before(self) -> float:
@@ -29,12 +32,16 @@ class LayerStats:
     def mean_after(self) -> float:
         return self.experts_after / self.calls if self.calls else 0.0
 
+    @property
+    def top1_kept_share(self) -> float:
+        return self.rows_keeping_top1 / self.rows if self.rows else 1.0
+
 
 class ExpertStats:
-    """[num_layers, 3] int64 device buffer: calls, sum of experts before, sum after."""
+    """[num_layers, 5] int64 device buffer: calls, then the sums of the four `touched` entries."""
 
     def __init__(self, num_layers: int, device: torch.device | str) -> None:
-        self.buffer = torch.zeros(num_layers, 3, dtype=torch.int64, device=device)
+        self.buffer = torch.zeros(num_layers, 5, dtype=torch.int64, device=device)
         self._one = torch.ones(1, dtype=torch.int64, device=device)
 
     def record(self, layer: int, touched: torch.Tensor) -> None:
@@ -47,4 +54,4 @@ class ExpertStats:
 
     def snapshot(self) -> list[LayerStats]:
         host = self.buffer.cpu().tolist()
-        return [LayerStats(i, c, b, a) for i, (c, b, a) in enumerate(host)]
+        return [LayerStats(i, *row) for i, row in enumerate(host)]

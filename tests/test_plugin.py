@@ -167,9 +167,9 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     same_w, same_ids, remapped = layers.route(state, x, w, ids)
     assert not remapped and same_w is w and same_ids is ids
     (stats,) = state.stats.snapshot()
-    assert stats.calls == 1 and (stats.experts_before, stats.experts_after) == tuple(
-        want[2].tolist()
-    )
+    assert stats.calls == 1 and stats.rows == 12
+    counted = (stats.experts_before, stats.experts_after, stats.rows_keeping_top1, stats.rows)
+    assert counted == tuple(want[2].tolist())
     layers.LAYERS.clear()
 
 
@@ -184,13 +184,13 @@ def test_stats_line_reports_deltas_since_last_line():
     try:
         previous: dict = {}
         for _ in range(3):
-            a.stats.record(0, torch.tensor([20, 10], dtype=torch.int32))
-            b.stats.record(0, torch.tensor([20, 6], dtype=torch.int32))
+            a.stats.record(0, torch.tensor([20, 10, 15, 16], dtype=torch.int32))
+            b.stats.record(0, torch.tensor([20, 6, 16, 16], dtype=torch.int32))
         line = layers.stats_line(previous)
         assert line.startswith("3 decode remaps per layer over 2 layers")
         assert "20.0 -> 8.0 (60% fewer)" in line
         assert layers.stats_line(previous) is None  # nothing new since
-        a.stats.record(0, torch.tensor([10, 10], dtype=torch.int32))
+        a.stats.record(0, torch.tensor([10, 10, 16, 16], dtype=torch.int32))
         assert "10.0 -> 10.0" in layers.stats_line(previous)
     finally:
         layers.LAYERS.clear()

@@ -201,20 +201,22 @@ def fidelity(args: argparse.Namespace) -> int:
             "stock_ppl": s["perplexity"], "lynx_ppl": lx["perplexity"],
             "greedy_identical_share": sum(a == b for a, b in pairs) / len(pairs),
             "greedy_common_prefix_share": sum(_prefix_share(a, b) for a, b in pairs) / len(pairs),
-            "experts_before": lx["experts_before"], "experts_after": lx["experts_after"], **prov,
+            "experts_before": lx["experts_before"], "experts_after": lx["experts_after"],
+            "top1_kept_share": lx.get("top1_kept"), **prov,
         })  # fmt: skip
     (out_dir / "fidelity.json").write_text(json.dumps({"stock": stock, "lynx": lynx,
                                                        "rows": rows}, indent=1))  # fmt: skip
     write_csv(out_dir / "fidelity.csv", rows)
     print(f"\n{args.model}: decode-phase teacher-forced NLL per token, stock vs Lynx")
     print(f"{'B':>4} {'stock nll':>9} {'lynx nll':>9} {'delta':>8} {'greedy same':>11} "
-          f"{'prefix':>6} {'experts before->after':>22}")  # fmt: skip
+          f"{'prefix':>6} {'experts before->after':>22} {'top-1 kept':>10}")  # fmt: skip
     for r in rows:
         ex = (f"{r['experts_before']:.1f} -> {r['experts_after']:.1f}"
               if r["experts_before"] is not None else "-")  # fmt: skip
+        top1 = "-" if r["top1_kept_share"] is None else f"{r['top1_kept_share']:.3f}"
         print(f"{r['batch']:>4} {r['stock_nll_per_token']:>9.4f} {r['lynx_nll_per_token']:>9.4f} "
               f"{r['delta_nll_per_token']:>+8.4f} {r['greedy_identical_share']:>11.2f} "
-              f"{r['greedy_common_prefix_share']:>6.2f} {ex:>22}")  # fmt: skip
+              f"{r['greedy_common_prefix_share']:>6.2f} {ex:>22} {top1:>10}")  # fmt: skip
     print(f"results: {out_dir / 'fidelity.csv'}")
     return 0
 

@@ -10,7 +10,8 @@ a tokenizer. For each batch size B, B held-out text windows (lynx_ops.embedded.c
   (logprobs_mode=raw_logprobs: before any processor). So the remap acts exactly as in real decode,
   and the sum of those logprobs is the model's log-likelihood of the reference continuation;
 * greedy outputs from the same prompts, compared stock vs Lynx by the caller.
-Lynx's per-layer expert counts come with each batch size.
+Lynx's per-layer expert counts and the share of rows that keep their top-1 expert (decode steps,
+mean over layers) come with each batch size.
 
     python -m lynx_ops.bench.fidelity SPEC.json  ->  "RESULT {json}" on stdout
 """
@@ -130,6 +131,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             "greedy": [list(g.outputs[0].token_ids) for g in greedy],
             "experts_before": statistics.mean(v["before"] for v in active) if active else None,
             "experts_after": statistics.mean(v["after"] for v in active) if active else None,
+            "top1_kept": statistics.mean(v["top1_kept"] for v in active) if active else None,
         })  # fmt: skip
         print(f"PROGRESS B={batch}: nll/token {result['rows'][-1]['nll_per_token']:.4f}",
               file=sys.stderr, flush=True)  # fmt: skip

@@ -247,7 +247,7 @@ def _start_stats_logger() -> None:
 def _log_loop(interval: float) -> None:
     import time
 
-    previous: dict[str, tuple[int, int, int]] = {}
+    previous: dict[str, tuple[int, ...]] = {}
     while True:
         time.sleep(interval)
         try:
@@ -259,14 +259,14 @@ def _log_loop(interval: float) -> None:
             logger.info("[lynx] stats: %s", line)
 
 
-def stats_line(previous: dict[str, tuple[int, int, int]]) -> str | None:
+def stats_line(previous: dict[str, tuple[int, ...]]) -> str | None:
     """Decode remaps and mean distinct experts per layer since `previous` (updated in place)."""
     calls = before = after = layers_active = 0
     for name, state in list(LAYERS.items()):
         if state.stats is None:
             continue
         current = tuple(int(v) for v in state.stats.buffer[0].tolist())
-        c0, b0, a0 = previous.get(name, (0, 0, 0))
+        c0, b0, a0 = previous.get(name, (0, 0, 0))[:3]
         previous[name] = current
         dc, db, da = current[0] - c0, current[1] - b0, current[2] - a0
         if dc > 0:
@@ -332,11 +332,12 @@ def snapshot() -> dict[str, dict[str, float]]:
     out = {}
     for name, state in sorted(LAYERS.items(), key=lambda kv: kv[1].index):
         if state.stats is None:
-            out[name] = {"layer": state.index, "calls": 0, "before": 0.0, "after": 0.0}
+            out[name] = {"layer": state.index, "calls": 0, "before": 0.0, "after": 0.0,
+                         "top1_kept": 1.0}  # fmt: skip
             continue
         s = state.stats.snapshot()[0]
         out[name] = {"layer": state.index, "calls": s.calls, "before": s.mean_before,
-                     "after": s.mean_after}  # fmt: skip
+                     "after": s.mean_after, "top1_kept": s.top1_kept_share}  # fmt: skip
     return out
 
 
