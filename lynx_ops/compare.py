@@ -12,7 +12,6 @@ vLLM on a GPU alike.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from lynx_ops.bench.engine_job import run_in_subprocess
+    from lynx_ops.bench.worker_ext import summarize
 
     spec = {"model": args.model, "load_format": "auto", "skip_tokenizer_init": False,
             "prompts": prompts(args.batch),
@@ -61,17 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         results[label] = result
     stock, lynx = results["stock"]["phases"][0], results["lynx"]["phases"][0]
     same = sum(a == b for a, b in zip(stock["tokens"], lynx["tokens"], strict=True))
-    layers = lynx.get("lynx", {}).get("layers", {})
-    active = [v for v in layers.values() if v["calls"]]
+    summary = summarize(lynx.get("lynx", {}).get("layers", {}))
     total = args.batch * args.tokens
     print("\n                          stock        lynx")
     print(
         f"output tokens/s      {total / stock['seconds']:>10.1f}  {total / lynx['seconds']:>10.1f}"
     )
-    if active:
-        before = statistics.mean(v["before"] for v in active)
-        after = statistics.mean(v["after"] for v in active)
-        print(f"experts/MoE layer    {before:>10.1f}  {after:>10.1f}   (decode steps, mean)")
+    if summary:
+        print(f"experts/MoE layer    {summary['experts_before']:>10.1f}  "
+              f"{summary['experts_after']:>10.1f}   (decode steps, mean)")  # fmt: skip
     print(f"identical outputs    {same}/{args.batch}")
     print(f"first output, stock: {stock['texts'][0][:80]!r}")
     print(f"first output, lynx:  {lynx['texts'][0][:80]!r}")

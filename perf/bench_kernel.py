@@ -86,12 +86,14 @@ def _eager_time_us(fn, repeats: int) -> float:
 
 
 def _sweep(args, prov) -> list[dict]:
+    import triton
+
     from lynx_ops.kernels.configs import fused_config, split_config
     from lynx_ops.kernels.remap import remap_triton
 
     rows = []
     for name, shape in SHAPES.items():
-        block_e = 1 << (shape.E - 1).bit_length()
+        block_e = triton.next_power_of_2(shape.E)
         for T in args.batches:
             x, w, ids, bias = (a.cuda() if a is not None else None
                                for a in make_batch(shape, T, seed=T))  # fmt: skip
@@ -99,7 +101,7 @@ def _sweep(args, prov) -> list[dict]:
             configs = {
                 f"split{tile}": split_config(shape.E, tile) for tile in (256, 512, 1024, 2048)
             }
-            if (1 << (T - 1).bit_length()) * block_e <= 16384:
+            if triton.next_power_of_2(T) * block_e <= 16384:
                 configs["fused"] = fused_config(T, shape.E)
             times = {}
             for label, cfg in configs.items():

@@ -161,18 +161,16 @@ PATHS = ["auto", "fused", "split"]
 def path_config(path: str, args):
     """Launch shape for a test: the default choice, forced fused, or forced split with small blocks
     (several blocks even for small T, so the cross-block partials and the last-block count run)."""
+    import triton
+
     from lynx_ops.kernels.configs import fused_config, split_config
 
     num_rows, num_experts = args[0].shape
     if path == "fused":
         return fused_config(num_rows, num_experts)
     if path == "split":
-        return split_config(num_experts, tile=2 * triton_next_pow2(num_experts))
+        return split_config(num_experts, tile=2 * triton.next_power_of_2(num_experts))
     return None
-
-
-def triton_next_pow2(v: int) -> int:
-    return 1 << max(0, (v - 1).bit_length())
 
 
 def run_kernel(device: str, args, path: str = "auto"):

@@ -26,6 +26,7 @@ from typing import Any
 
 from lynx_ops.bench import model_configs, router_realism
 from lynx_ops.bench.provenance import provenance, write_csv
+from lynx_ops.registry import router_shape
 
 
 def _engine_kwargs(pairs: list[str]) -> dict[str, Any]:
@@ -84,18 +85,22 @@ def _ceiling_at(ceiling: dict[int, dict[int, float]], batch: int, experts: float
     return None
 
 
+def _prepare_model(args: argparse.Namespace, work: Path):
+    """(model dir, prompt vocab, num_experts, top_k): a --shape is written as a config dir for dummy
+    weights; a --model is used as given (its router shape unknown here)."""
+    if not args.shape:
+        return args.model, args.vocab, None, None
+    cfg = model_configs.config(args.shape, args.layers, tiny=args.tiny)
+    model = model_configs.write_model_dir(args.shape, work / "model", args.layers, tiny=args.tiny)
+    num_experts, top_k = router_shape(cfg)
+    return str(model), cfg["vocab_size"], num_experts, top_k
+
+
 def offline(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-bench-", dir=out_dir))
-    if args.shape:
-        cfg = model_configs.config(args.shape, args.layers, tiny=args.tiny)
-        model = str(model_configs.write_model_dir(args.shape, work / "model", args.layers,
-                                                  tiny=args.tiny))  # fmt: skip
-        num_experts, top_k = _router_shape(cfg)
-        vocab = cfg["vocab_size"]
-    else:
-        model, num_experts, top_k, vocab = args.model, None, None, args.vocab
+    model, vocab, num_experts, top_k = _prepare_model(args, work)
     realism = args.spread.lower() != "none"
     spec = {
         "model": model, "load_format": args.load_format, "batches": args.batches,
@@ -146,11 +151,6 @@ def offline(args: argparse.Namespace) -> int:
         pass
     print(f"results: {out_dir / 'results.csv'}  logs: {work}")
     return 0
-
-
-def _router_shape(cfg: dict) -> tuple[int, int]:
-    e = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts")
-    return int(e), int(cfg["num_experts_per_tok"])
 
 
 def _print_table(rows: list[dict], router: str, prov: dict) -> None:
@@ -228,14 +228,9 @@ def online_cmd(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-online-", dir=out_dir))
     serve_args = [f"--max-model-len={args.input_len + args.output_len + 16}", *args.serve_arg]
+    model, vocab, _, _ = _prepare_model(args, work)
     if args.shape:
-        cfg = model_configs.config(args.shape, args.layers, tiny=args.tiny)
-        model = str(model_configs.write_model_dir(args.shape, work / "model", args.layers,
-                                                  tiny=args.tiny))  # fmt: skip
-        vocab = cfg["vocab_size"]
         serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
-    else:
-        model, vocab = args.model, args.vocab
     realism = args.spread.lower() != "none" and bool(args.shape)
     router = (router_realism.describe(float(args.spread), args.skew) if realism
               else "checkpoint router" if args.model

@@ -28,12 +28,6 @@ def _lynx_snapshot(worker):
     return {"layers": layers.snapshot(), "decisions": dict(layers.DECISIONS)}
 
 
-def _lynx_reset(worker):
-    from lynx_ops.integration import layers
-
-    layers.reset()
-
-
 def _lynx_active() -> bool:
     from lynx_ops import plugin
 
@@ -45,6 +39,7 @@ def main(spec_path: str) -> None:
     from vllm.inputs import TokensPrompt
 
     from lynx_ops.bench import router_realism
+    from lynx_ops.bench.worker_ext import lynx_reset
 
     spec = json.loads(Path(spec_path).read_text())
     t0 = time.perf_counter()
@@ -63,7 +58,7 @@ def main(spec_path: str) -> None:
 
     for phase in spec["phases"]:
         if result["lynx_installed"]:
-            llm.collective_rpc(_lynx_reset)
+            llm.collective_rpc(lynx_reset)
         params = SamplingParams(max_tokens=phase["max_tokens"], temperature=0.0, ignore_eos=True)
         t0 = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)

@@ -65,18 +65,6 @@ class TeacherForcing(LogitsProcessor):
         return logits
 
 
-def _lynx_snapshot(worker):
-    from lynx_ops.integration import layers
-
-    return layers.snapshot()
-
-
-def _lynx_reset(worker):
-    from lynx_ops.integration import layers
-
-    layers.reset()
-
-
 def windows(tokenizer, count: int, length: int) -> list[list[int]]:
     """`count` token windows of `length` from the held-out files, in a fixed order."""
     from lynx_ops.embedded import corpus
@@ -96,6 +84,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm.inputs import TokensPrompt
 
     from lynx_ops import plugin
+    from lynx_ops.bench.worker_ext import lynx_reset, lynx_snapshot, summarize
 
     llm = LLM(model=spec["model"], seed=0, logprobs_mode="raw_logprobs",
               logits_processors=[TeacherForcing], **spec.get("engine", {}))  # fmt: skip
@@ -108,7 +97,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         wins = pool[:batch]
         prompts = [TokensPrompt(prompt_token_ids=w[:p_len]) for w in wins]
         if lynx:
-            llm.collective_rpc(_lynx_reset)
+            llm.collective_rpc(lynx_reset)
         forced = [SamplingParams(max_tokens=f_len, temperature=0.0, logprobs=0, ignore_eos=True,
                                  extra_args={FORCE_KEY: w[p_len:]}) for w in wins]  # fmt: skip
         outs = llm.generate(prompts, forced, use_tqdm=False)
@@ -119,19 +108,18 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             # output 0 comes from the prefill step; the rest from decode steps, which Lynx remaps
             for pos, lp in list(zip(got, o.outputs[0].logprobs, strict=True))[1:]:
                 nll.append(-lp[pos].logprob)
-        experts = llm.collective_rpc(_lynx_snapshot)[0] if lynx else {}
+        summary = summarize(llm.collective_rpc(lynx_snapshot)[0]) if lynx else {}
         greedy = llm.generate(
             prompts, SamplingParams(max_tokens=spec.get("greedy_len", f_len), temperature=0.0),
             use_tqdm=False,
         )  # fmt: skip
-        active = [v for v in experts.values() if v["calls"]]
         result["rows"].append({
             "batch": batch, "tokens_scored": len(nll), "forced_tokens_followed": follows,
             "nll_per_token": statistics.mean(nll), "perplexity": math.exp(statistics.mean(nll)),
             "greedy": [list(g.outputs[0].token_ids) for g in greedy],
-            "experts_before": statistics.mean(v["before"] for v in active) if active else None,
-            "experts_after": statistics.mean(v["after"] for v in active) if active else None,
-            "top1_kept": statistics.mean(v["top1_kept"] for v in active) if active else None,
+            "experts_before": summary.get("experts_before"),
+            "experts_after": summary.get("experts_after"),
+            "top1_kept": summary.get("top1_kept"),
         })  # fmt: skip
         print(f"PROGRESS B={batch}: nll/token {result['rows'][-1]['nll_per_token']:.4f}",
               file=sys.stderr, flush=True)  # fmt: skip

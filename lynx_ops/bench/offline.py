@@ -25,29 +25,6 @@ def progress(msg: str) -> None:
     print(f"PROGRESS {msg}", file=sys.stderr, flush=True)
 
 
-def _lynx_snapshot(worker):
-    from lynx_ops.integration import layers
-
-    return layers.snapshot()
-
-
-def _lynx_reset(worker):
-    from lynx_ops.integration import layers
-
-    layers.reset()
-
-
-def _experts(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:
-    layers = [v for v in snapshot.values() if v["calls"]]
-    if not layers:
-        return {}
-    return {
-        "experts_before": statistics.mean(v["before"] for v in layers),
-        "experts_after": statistics.mean(v["after"] for v in layers),
-        "remap_calls_per_layer": statistics.mean(v["calls"] for v in layers),
-    }
-
-
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -55,6 +32,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from lynx_ops import plugin
     from lynx_ops.bench import router_realism
     from lynx_ops.bench.nvml import NvmlSampler
+    from lynx_ops.bench.worker_ext import lynx_reset, lynx_snapshot, summarize
 
     t0 = time.perf_counter()
     progress(f"starting engine for {spec['model']}")
@@ -83,7 +61,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             llm.generate(prompts, first, use_tqdm=False)
             prefill_s.append(time.perf_counter() - t)
         if lynx:
-            llm.collective_rpc(_lynx_reset)
+            llm.collective_rpc(lynx_reset)
         sampler.start()
         for r in range(repeats):
             t = time.perf_counter()
@@ -105,7 +83,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if "energy_j" in telemetry:
             row["energy_mj_per_token"] = 1000 * telemetry["energy_j"] / (batch * out_len * repeats)
         if lynx:
-            row.update(_experts(llm.collective_rpc(_lynx_snapshot)[0]))
+            summary = summarize(llm.collective_rpc(lynx_snapshot)[0])
+            row.update({k: v for k, v in summary.items() if k != "top1_kept"})
         rows.append(row)
         progress(f"B={batch}: TPOT {row['tpot_ms_median']:.2f} ms (median of {repeats})")
     out["rows"] = rows

@@ -27,6 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lynx_ops.bench.worker_ext import summarize
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -158,11 +160,8 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
             row = asyncio.run(_run_rate(server.base, model, rate, spec["duration"],
                                         spec["input_len"], spec["output_len"], spec["vocab"],
                                         seed=int(rate * 1000)))  # fmt: skip
-            snap = server.rpc("lynx_snapshot")[0] or {}
-            active = [v for v in snap.values() if v["calls"]]
-            if active:
-                row["experts_before"] = statistics.mean(v["before"] for v in active)
-                row["experts_after"] = statistics.mean(v["after"] for v in active)
+            summary = summarize(server.rpc("lynx_snapshot")[0] or {})
+            row.update({k: summary[k] for k in ("experts_before", "experts_after") if k in summary})
             out["rows"].append(row)
             print(f"[{label}] rate {rate}/s: {row['completed']}/{row['requests']} done, "
                   f"{row['output_tok_s']:.1f} tok/s, median TPOT "

@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Worker methods for benchmarks against `vllm serve`.
+"""Worker-side helpers for benchmarks: read and reset Lynx's per-layer counters, re-draw gates.
+
+Module functions take the worker as first argument, for `LLM.collective_rpc(fn)`. Against
+`vllm serve`, the same come as methods of `LynxBenchWorker`:
 
     VLLM_SERVER_DEV_MODE=1 vllm serve DIR --worker-extension-cls lynx_ops.bench.worker_ext.LynxBenchWorker
     curl -X POST localhost:8000/collective_rpc -d '{"method": "lynx_rescale_gates", "args": ["2", "1", "0"]}'
@@ -9,7 +12,41 @@ vLLM's dev-mode `/collective_rpc` passes arguments as strings. Nothing here is l
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
+
+
+def lynx_snapshot(worker: Any) -> dict[str, dict[str, float]]:
+    """Per-layer counters of this worker (layers.snapshot()); {} when Lynx is not installed."""
+    from lynx_ops import plugin
+
+    if not plugin._STATE["installed"]:
+        return {}
+    from lynx_ops.integration import layers
+
+    return layers.snapshot()
+
+
+def lynx_reset(worker: Any) -> None:
+    from lynx_ops import plugin
+
+    if plugin._STATE["installed"]:
+        from lynx_ops.integration import layers
+
+        layers.reset()
+
+
+def summarize(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Means over the layers that remapped: experts before/after, top-1 kept share, calls."""
+    active = [v for v in snapshot.values() if v["calls"]]
+    if not active:
+        return {}
+    return {
+        "experts_before": statistics.mean(v["before"] for v in active),
+        "experts_after": statistics.mean(v["after"] for v in active),
+        "top1_kept": statistics.mean(v["top1_kept"] for v in active),
+        "remap_calls_per_layer": statistics.mean(v["calls"] for v in active),
+    }
 
 
 class LynxBenchWorker:
@@ -19,16 +56,7 @@ class LynxBenchWorker:
         return router_realism.rescale_gates(self, float(spread), float(skew), int(seed))
 
     def lynx_snapshot(self) -> dict[str, Any]:
-        from lynx_ops import plugin
-        from lynx_ops.integration import layers
-
-        if not plugin._STATE["installed"]:
-            return {}
-        return layers.snapshot()
+        return lynx_snapshot(self)
 
     def lynx_reset(self) -> None:
-        from lynx_ops import plugin
-        from lynx_ops.integration import layers
-
-        if plugin._STATE["installed"]:
-            layers.reset()
+        lynx_reset(self)

@@ -22,6 +22,8 @@ import dataclasses
 from typing import Any
 
 import torch
+import vllm.forward_context as forward_context
+from vllm.config import CUDAGraphMode
 
 # Reasons for a bypass, as logged and counted (host-side decisions only: eager steps, captures).
 NO_CONTEXT = "no forward context"
@@ -43,8 +45,6 @@ class Phase:
 
 def full_graphs_are_decode_only(cudagraph_mode: Any) -> bool:
     """True when FULL graphs of this configured mode only ever hold uniform-decode batches."""
-    from vllm.config import CUDAGraphMode
-
     return (
         cudagraph_mode.separate_routine()
         and cudagraph_mode.decode_mode() == CUDAGraphMode.FULL
@@ -54,8 +54,6 @@ def full_graphs_are_decode_only(cudagraph_mode: Any) -> bool:
 
 def describe_gating(cudagraph_mode: Any) -> tuple[str, bool]:
     """(what Lynx will do under this configured graph mode, whether it has decode steps to act on)."""
-    from vllm.config import CUDAGraphMode
-
     if cudagraph_mode is None or cudagraph_mode == CUDAGraphMode.NONE:
         return "eager: remaps every uniform-decode step, prefill and mixed steps bypass", True
     if full_graphs_are_decode_only(cudagraph_mode):
@@ -89,13 +87,11 @@ def _batch_metadata(attn_metadata: Any) -> Any | None:
 
 
 def current_phase(cudagraph_mode: Any, num_speculative_tokens: int) -> Phase:
-    """Decide for the forward pass in progress (see the module docstring)."""
-    from vllm.config import CUDAGraphMode
-    from vllm.forward_context import get_forward_context, is_forward_context_available
-
-    if not is_forward_context_available():
+    """Decide for the forward pass in progress (see the module docstring). It runs on every MoE
+    call of eager steps and captures, so vLLM is imported once at module level, not here."""
+    if not forward_context.is_forward_context_available():
         return Phase(None, NO_CONTEXT)
-    ctx = get_forward_context()
+    ctx = forward_context.get_forward_context()
     mode = ctx.cudagraph_runtime_mode
     if mode == CUDAGraphMode.PIECEWISE:
         return Phase(None, PIECEWISE)
