@@ -101,7 +101,8 @@ def offline(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-bench-", dir=out_dir))
     model, vocab, num_experts, top_k = _prepare_model(args, work)
-    realism = args.spread.lower() != "none"
+    # Router realism is for dummy weights only: a loaded checkpoint keeps its trained router.
+    realism = args.spread.lower() != "none" and args.load_format == "dummy"
     spec = {
         "model": model, "load_format": args.load_format, "batches": args.batches,
         "input_len": args.input_len, "output_len": args.output_len, "repeats": args.repeats,
@@ -110,6 +111,7 @@ def offline(args: argparse.Namespace) -> int:
                    "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)},
     }  # fmt: skip
     router = (router_realism.describe(float(args.spread), args.skew) if realism
+              else "checkpoint router" if args.load_format != "dummy"
               else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
     runs = {"stock": _run_worker("stock", spec, {}, work),
             "lynx": _run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work)}  # fmt: skip
