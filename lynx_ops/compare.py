@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             "phases": [{"name": "generate", "max_tokens": args.tokens}],
             "engine": {"max_model_len": 1024, "max_num_seqs": max(args.batch, 1),
                        "kv_cache_memory_bytes": args.kv_cache_mib * 2**20}}  # fmt: skip
+    print(f"[lynx compare] router: {_router_origin(Path(args.model))}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-compare-"))
     results = {}
     for mode, label in (("off", "stock"), ("on", "lynx")):
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{gen['seconds']:.2f} s (engine start {result['startup_s']:.0f} s)", flush=True)  # fmt: skip
         results[label] = result
     stock, lynx = results["stock"]["phases"][0], results["lynx"]["phases"][0]
-    same = sum(a == b for a, b in zip(stock["tokens"], lynx["tokens"], strict=True))
+    pairs = list(zip(stock["tokens"], lynx["tokens"], strict=True))
+    same = sum(a == b for a, b in pairs)
+    agree = sum(_common_prefix(a, b) for a, b in pairs) / max(len(pairs), 1)
     summary = summarize(lynx.get("lynx", {}).get("layers", {}))
     total = args.batch * args.tokens
     print("\n                          stock        lynx")
@@ -70,10 +73,37 @@ def main(argv: list[str] | None = None) -> int:
     if summary:
         print(f"experts/MoE layer    {summary['experts_before']:>10.1f}  "
               f"{summary['experts_after']:>10.1f}   (decode steps, mean)")  # fmt: skip
-    print(f"identical outputs    {same}/{args.batch}")
+    print(f"identical outputs    {same}/{args.batch}; tokens before the first difference: "
+          f"{agree:.1f} of {args.tokens} (mean; greedy decoding, so one changed token changes the "
+          "rest; lynx-bench fidelity measures per-token agreement)")  # fmt: skip
+    import torch
+
+    if not torch.cuda.is_available():
+        print("note: without a GPU the op runs its plain-torch reference; tokens/s here is not a "
+              "speed-up measurement (Lynx targets GPU decode, where reading expert weights "
+              "dominates; see lynx-bench)")  # fmt: skip
     print(f"first output, stock: {stock['texts'][0][:80]!r}")
     print(f"first output, lynx:  {lynx['texts'][0][:80]!r}")
     return 0
+
+
+def _router_origin(model: Path) -> str:
+    """How the checkpoint's router was made, for the printed results."""
+    import json
+
+    record = model / "training.json"
+    if record.is_file():
+        info = json.loads(record.read_text())
+        held = info.get("heldout_loss", info.get("evaluation", {}).get("heldout_loss"))
+        return (f"trained ({info.get('steps')} steps on {info.get('device')}, load-balancing loss"
+                + (f", held-out loss {held:.2f}" if held is not None else "") + ")")  # fmt: skip
+    return "trained (the checkpoint's own router weights)"
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
 
 
 if __name__ == "__main__":

@@ -88,27 +88,30 @@ def _eager_time_us(fn, repeats: int) -> float:
 def _sweep(args, prov) -> list[dict]:
     import triton
 
-    from lynx_ops.kernels.configs import fused_config, split_config
+    from lynx_ops.kernels.configs import fused_config, launch_config, split_config
     from lynx_ops.kernels.remap import remap_triton
 
     rows = []
     for name, shape in SHAPES.items():
+        if args.shapes and not any(name.startswith(s) for s in args.shapes):
+            continue
         block_e = triton.next_power_of_2(shape.E)
         for T in args.batches:
             x, w, ids, bias = (a.cuda() if a is not None else None
                                for a in make_batch(shape, T, seed=T))  # fmt: skip
             a = op_args(shape, x, w, ids, bias, T)
-            configs = {
-                f"split{tile}": split_config(shape.E, tile) for tile in (256, 512, 1024, 2048)
-            }
-            if triton.next_power_of_2(T) * block_e <= 16384:
+            # 2048-score split tiles and fused programs over 4096 scores lost everywhere on the
+            # first H100 sweep (perf/results/kernel_sweep_h100.csv); "auto" is what the op picks.
+            configs = {f"split{tile}": split_config(shape.E, tile) for tile in (256, 512, 1024)}
+            if triton.next_power_of_2(T) * block_e <= 4096:
                 configs["fused"] = fused_config(T, shape.E)
+            configs["auto"] = launch_config(T, shape.E, shape.k)
             times = {}
             for label, cfg in configs.items():
                 times[label] = _graph_time_us(
                     lambda a=a, cfg=cfg: remap_triton(*a, config=cfg), args.repeats
                 )  # fmt: skip
-            best = min(times, key=times.get)
+            best = min((lbl for lbl in times if lbl != "auto"), key=times.get)
             rows.append(
                 {
                     "shape": name,
@@ -122,6 +125,7 @@ def _sweep(args, prov) -> list[dict]:
             )
             print(f"{name:32s} T={T:4d} " + " ".join(f"{lbl}={v:.2f}" for lbl, v in times.items())
                   + f"  best={best}", flush=True)  # fmt: skip
+        write_csv(args.out, rows)  # after every shape: a run stopped by a time limit keeps its rows
     return rows
 
 
@@ -131,6 +135,7 @@ def main() -> None:
     ap.add_argument("--out", default="perf/results/kernel_latency.csv")
     ap.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     ap.add_argument("--sweep", action="store_true", help="time every launch shape, see above")
+    ap.add_argument("--shapes", nargs="*", default=[], help="only shapes whose name starts so")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
     prov = provenance()

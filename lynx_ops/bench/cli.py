@@ -47,6 +47,9 @@ def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path
     spec_path = workdir / f"spec-{label}.json"
     spec_path.write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
+    # The workers pass functions to collective_rpc (gate re-draw, counters); that needs the engine
+    # core in-process (with a separate core process vLLM refuses to serialise functions).
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     env.update(env_extra)
     log_path = workdir / f"{label}.log"
     print(f"[{label}] starting ({' '.join(f'{k}={v}' for k, v in env_extra.items()) or 'stock'})",
@@ -115,31 +118,46 @@ def offline(args: argparse.Namespace) -> int:
               else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
     runs = {"stock": _run_worker("stock", spec, {}, work),
             "lynx": _run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work)}  # fmt: skip
+    if args.stock_again:
+        # Stock, Lynx, stock: the two stock engines bracket Lynx, so their mean cancels a linear
+        # drift of the machine and their difference is the run's noise floor.
+        runs["stock_again"] = _run_worker("stock_again", spec, {}, work)
     ceiling: dict[int, dict[int, float]] = {}
     for k in args.ceiling:
         res = _run_worker(f"ceiling{k}", spec,
                           {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CEILING_EXPERTS": str(k)}, work)  # fmt: skip
         runs[f"ceiling{k}"] = res
-        ceiling[k] = {r["batch"]: r["tpot_ms_median"] for r in res["rows"]}
+        ceiling[k] = {r["batch"]: r["tpot_ms_median"] for r in res["rows"]
+                      if r["tpot_ms_median"] is not None}  # fmt: skip
 
     prov = provenance()
     rows = []
-    for stock, lynx in zip(runs["stock"]["rows"], runs["lynx"]["rows"], strict=True):
+    again_rows = (
+        runs["stock_again"]["rows"] if "stock_again" in runs else [None] * len(args.batches)
+    )
+    for stock, lynx, again in zip(runs["stock"]["rows"], runs["lynx"]["rows"], again_rows,
+                                  strict=True):  # fmt: skip
         b = stock["batch"]
         row = {"model": args.shape or args.model, "layers": args.layers, "batch": b,
                "input_len": args.input_len, "output_len": args.output_len, "router": router}  # fmt: skip
-        for side, r in (("stock", stock), ("lynx", lynx)):
-            for key, value in r.items():
+        for side, r in (("stock", stock), ("lynx", lynx), ("stock_again", again)):
+            for key, value in (r or {}).items():
                 if key not in ("batch", "input_len", "output_len", "repeats"):
                     row[f"{side}_{key}"] = value
-        row["speedup_tpot"] = stock["tpot_ms_median"] / lynx["tpot_ms_median"]
+        base = _stock_tpot(stock, again)
+        row["stock_tpot_ms_reference"] = base
+        if again and stock["tpot_ms_median"] and again["tpot_ms_median"]:
+            a, c = stock["tpot_ms_median"], again["tpot_ms_median"]
+            row["stock_noise_pct"] = 100 * abs(a - c) / ((a + c) / 2)
+        lynx_tpot = lynx["tpot_ms_median"]
+        row["speedup_tpot"] = base / lynx_tpot if base and lynx_tpot else None
         if num_experts:
             row["experts_uniform_expected"] = router_realism.expected_union(num_experts, top_k, b)
         after = lynx.get("experts_after")
         ceil = _ceiling_at(ceiling, b, after) if after is not None else None
-        if ceil is not None:
+        if ceil is not None and lynx_tpot:
             row["ceiling_tpot_ms_at_lynx_experts"] = ceil
-            row["mechanism_efficiency"] = ceil / lynx["tpot_ms_median"]
+            row["mechanism_efficiency"] = ceil / lynx_tpot
         rows.append({**row, **prov})
     (out_dir / "results.json").write_text(json.dumps({"runs": runs, "rows": rows}, indent=1))
     write_csv(out_dir / "results.csv", rows)
@@ -155,10 +173,20 @@ def offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stock_tpot(stock: dict, again: dict | None) -> float | None:
+    """The stock reference TPOT: the mean of the bracketing stock runs where both are valid."""
+    values = [r["tpot_ms_median"] for r in (stock, again) if r and r["tpot_ms_median"]]
+    return sum(values) / len(values) if values else None
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "invalid" if value is None else format(value, spec)
+
+
 def _print_table(rows: list[dict], router: str, prov: dict) -> None:
     print(f"\nrouter: {router}; {prov['gpu']}, vLLM {prov['vllm']}, lynx_ops {prov['lynx_ops']} "
           f"@ {prov['git_sha']}")  # fmt: skip
-    head = (f"{'B':>4} {'stock TPOT ms':>13} {'Lynx TPOT ms':>12} {'speed-up':>8} "
+    head = (f"{'B':>4} {'stock TPOT ms':>13} {'noise %':>7} {'Lynx TPOT ms':>12} {'speed-up':>8} "
             f"{'experts before->after':>22} {'ceiling ms':>10} {'efficiency':>10} "
             f"{'mem-bw % s/L':>12}")  # fmt: skip
     print(head)
@@ -168,8 +196,12 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
         ceil = r.get("ceiling_tpot_ms_at_lynx_experts")
         eff = r.get("mechanism_efficiency")
         bw = f"{r.get('stock_mem_bw_util_pct', float('nan')):.0f}/{r.get('lynx_mem_bw_util_pct', float('nan')):.0f}"
-        print(f"{r['batch']:>4} {r['stock_tpot_ms_median']:>13.3f} {r['lynx_tpot_ms_median']:>12.3f} "
-              f"{r['speedup_tpot']:>7.2f}x {experts:>22} "
+        noise = r.get("stock_noise_pct")
+        speedup = r["speedup_tpot"]
+        print(f"{r['batch']:>4} {_num(r['stock_tpot_ms_reference'], '.3f'):>13} "
+              f"{('-' if noise is None else f'{noise:.1f}'):>7} "
+              f"{_num(r['lynx_tpot_ms_median'], '.3f'):>12} "
+              f"{('-' if speedup is None else f'{speedup:.2f}x'):>8} {experts:>22} "
               f"{(f'{ceil:.3f}' if ceil else '-'):>10} {(f'{eff:.2f}' if eff else '-'):>10} {bw:>12}")  # fmt: skip
 
 
@@ -305,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--spread", default="2.0", help="router logit spread, or 'none'")
     off.add_argument("--skew", type=float, default=1.0)
     off.add_argument("--ceiling", type=int, nargs="*", default=[], help="expert counts K")
+    off.add_argument("--stock-again", action=argparse.BooleanOptionalAction, default=True,
+                     help="run stock a second time after Lynx (stock, Lynx, stock): the stock "
+                          "reference is their mean and their difference the noise floor")  # fmt: skip
     off.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="extra LLM(...) argument, e.g. enforce_eager=true")  # fmt: skip
     off.add_argument("--out", default="perf/results/lynx-bench")

@@ -5,9 +5,13 @@ environment). `python -m lynx_ops.bench.offline SPEC.json` prints progress lines
 
 Per batch size B: B requests of `input_len` random prompt tokens each, `output_len` tokens out,
 greedy, ignore_eos, all submitted at once, so after the prefill step every step is a uniform decode
-step of B rows. Each repeat times a prefill-only run (max_tokens=1) and the full run; decode time per
-output token (TPOT) = (full - median prefill-only) / (output_len - 1). NVML samples and the Lynx
-per-layer counters cover the full runs only.
+step of B rows. Decode time per output token is differential: each repeat times a short run
+(`output_len // 4` tokens) and the full run of the same prompts, and
+TPOT = (full - median short) / (output_len - short_len). Both runs pay the same prefill, request
+setup and teardown, so only decode steps remain in the difference (a max_tokens=1 baseline was not
+comparable: on an H100 it took longer than the full run at B=32). A row whose difference is not
+positive is marked invalid rather than reported. NVML samples and the Lynx per-layer counters cover
+the full runs only.
 """
 
 from __future__ import annotations
@@ -53,13 +57,16 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(3, vocab) for _ in range(in_len)])
                    for _ in range(batch)]  # fmt: skip
         full = SamplingParams(max_tokens=out_len, temperature=0.0, ignore_eos=True)
-        first = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
-        llm.generate(prompts, full, use_tqdm=False)  # warm-up (compiles kernels for this size)
-        prefill_s, full_s = [], []
+        short_len = max(2, out_len // 4)
+        short = SamplingParams(max_tokens=short_len, temperature=0.0, ignore_eos=True)
+        # Warm-up: both lengths once (first use of a size compiles or tunes kernels).
+        llm.generate(prompts, full, use_tqdm=False)
+        llm.generate(prompts, short, use_tqdm=False)
+        short_s, full_s = [], []
         for _ in range(repeats):
             t = time.perf_counter()
-            llm.generate(prompts, first, use_tqdm=False)
-            prefill_s.append(time.perf_counter() - t)
+            llm.generate(prompts, short, use_tqdm=False)
+            short_s.append(time.perf_counter() - t)
         if lynx:
             llm.collective_rpc(lynx_reset)
         sampler.start()
@@ -69,14 +76,16 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             full_s.append(time.perf_counter() - t)
             progress(f"B={batch} repeat {r + 1}/{repeats}: {full_s[-1]:.3f} s")
         telemetry = sampler.stop()
-        base = statistics.median(prefill_s)
-        tpot = [(f - base) / max(out_len - 1, 1) for f in full_s]
+        base = statistics.median(short_s)
+        tpot = [(f - base) / max(out_len - short_len, 1) for f in full_s]
+        valid = statistics.median(tpot) > 0
         row = {
             "batch": batch, "input_len": in_len, "output_len": out_len, "repeats": repeats,
-            "tpot_ms_median": 1000 * statistics.median(tpot),
-            "tpot_ms_mean": 1000 * statistics.mean(tpot),
+            "short_len": short_len, "valid": valid,
+            "tpot_ms_median": 1000 * statistics.median(tpot) if valid else None,
+            "tpot_ms_mean": 1000 * statistics.mean(tpot) if valid else None,
             "total_s_median": statistics.median(full_s),
-            "prefill_s_median": base,
+            "short_s_median": base,
             "output_tok_s": batch * out_len / statistics.median(full_s),
         }  # fmt: skip
         row.update({k: v for k, v in telemetry.items() if k != "seconds"})
@@ -86,7 +95,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             summary = summarize(llm.collective_rpc(lynx_snapshot)[0])
             row.update({k: v for k, v in summary.items() if k != "top1_kept"})
         rows.append(row)
-        progress(f"B={batch}: TPOT {row['tpot_ms_median']:.2f} ms (median of {repeats})")
+        if valid:
+            progress(f"B={batch}: TPOT {row['tpot_ms_median']:.2f} ms (median of {repeats})")
+        else:
+            progress(f"B={batch}: INVALID: the {out_len}-token runs (median {statistics.median(full_s):.3f} s) "
+                     f"were not slower than the {short_len}-token runs ({base:.3f} s); "
+                     "raise --output-len or --repeats")  # fmt: skip
     out["rows"] = rows
     return out
 

@@ -120,7 +120,7 @@ def plot_offline(
     rows: list[dict], ceiling: dict[int, dict[int, float]], out_dir: Path
 ) -> list[Path]:
     batches = [r["batch"] for r in rows]
-    tpot = {"stock": [r["stock_tpot_ms_median"] for r in rows],
+    tpot = {"stock": [r["stock_tpot_ms_reference"] for r in rows],
             "lynx": [r["lynx_tpot_ms_median"] for r in rows]}  # fmt: skip
     for k, per_batch in sorted(ceiling.items()):
         tpot[f"ceiling {k} experts"] = [per_batch.get(b) for b in batches]

@@ -2,10 +2,16 @@
 """Launch shape for the remap kernels.
 
 Small padded batches run fused: one program holds the whole batch (up to FUSED_TILE scores), one
-launch. Larger ones run split: three row-parallel launches over blocks of about SPLIT_TILE scores,
-which spreads the rows over the SMs. The constants come from the H100 sweep in
-perf/bench_kernel.py (`--sweep`), see perf/results. Padded row counts are bucketed to powers of two,
-so the number of compiled variants per expert count stays small.
+launch. Larger ones run split: three row-parallel launches over blocks of SPLIT_TILE_MIN to
+SPLIT_TILE_MAX scores, sized so that about SPLIT_BLOCKS blocks share the batch. Padded row counts
+are bucketed to powers of two, so the number of compiled variants per expert count stays small.
+
+The constants come from the H100 sweep (`perf/bench_kernel.py --sweep`,
+perf/results/kernel_sweep_h100.csv; qwen3-moe, qwen2-moe and qwen1.5-moe shapes):
+- fused wins up to 1024 padded scores (E=128: T<=8; E=64: T<=16) and loses from 2048 on (E=128,
+  T=32: fused 31.8 us, split 14.1 us), since one program walks the batch serially;
+- the best split tile grows with the batch: 256 at E=128 T=32, 512 at T=128, 1024 at T>=256,
+  i.e. about 32 blocks until the 1024-score tile; larger tiles were slower everywhere.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import dataclasses
 
 import triton
 
-FUSED_TILE = 4096
-SPLIT_TILE = 1024
+FUSED_TILE = 1024
+SPLIT_TILE_MIN = 256
+SPLIT_TILE_MAX = 1024
+SPLIT_BLOCKS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +42,13 @@ def fused_config(num_rows: int, num_experts: int) -> LaunchConfig:
     return LaunchConfig(True, block_t, _warps(block_t * triton.next_power_of_2(num_experts)))
 
 
-def split_config(num_experts: int, tile: int = SPLIT_TILE) -> LaunchConfig:
+def split_tile(num_rows: int, num_experts: int) -> int:
+    """Scores per split block: about SPLIT_BLOCKS blocks, within [SPLIT_TILE_MIN, SPLIT_TILE_MAX]."""
+    scores = triton.next_power_of_2(max(num_rows, 1)) * triton.next_power_of_2(num_experts)
+    return min(SPLIT_TILE_MAX, max(SPLIT_TILE_MIN, scores // SPLIT_BLOCKS))
+
+
+def split_config(num_experts: int, tile: int = SPLIT_TILE_MAX) -> LaunchConfig:
     block_e = triton.next_power_of_2(num_experts)
     block_t = max(1, tile // block_e)
     return LaunchConfig(False, block_t, _warps(block_t * block_e))
@@ -45,4 +59,4 @@ def launch_config(num_rows: int, num_experts: int, k: int) -> LaunchConfig:
     block_e = triton.next_power_of_2(num_experts)
     if triton.next_power_of_2(max(num_rows, 1)) * block_e <= FUSED_TILE:
         return fused_config(num_rows, num_experts)
-    return split_config(num_experts)
+    return split_config(num_experts, split_tile(num_rows, num_experts))

