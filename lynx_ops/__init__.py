@@ -9,6 +9,6 @@ from lynx_ops.ops import remap
 from lynx_ops.reference import remap_ref
 from lynx_ops.routing import MAX_BETA, Scoring, WeightRule
 
-__version__ = "0.2.0"  # 0.2: touched is [4] (adds rows keeping top-1, valid rows)
+__version__ = "0.3.0"  # 0.3: touched is [5] (adds assignments moved); 0.2: [4]
 
 __all__ = ["MAX_BETA", "Scoring", "WeightRule", "__version__", "ops", "remap", "remap_ref"]

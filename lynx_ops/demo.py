@@ -115,7 +115,7 @@ def op_demo(argv: list[str] | None = None) -> int:
     max_dw = float((out_w - ref_w).abs().max())
     kept_top1 = float((out_ids[:, 0] == ids.to(device)[:, 0]).float().mean())
     changed = int((out_ids.sort(1).values != ids.to(device).sort(1).values).any(1).sum())
-    before, after, _, _ = touched.tolist()
+    before, after = touched.tolist()[:2]
     print()
     print(f"{'':28s}{'stock':>10s}{'lynx':>10s}")
     print(f"{'distinct experts touched':28s}{before:>10d}{after:>10d}")

@@ -16,6 +16,12 @@ ENVIRONMENT_VARIABLES = {
     # Seconds between "[lynx] stats" log lines from each worker (decode remaps and distinct experts
     # per layer since the last line); 0 turns them off.
     "VLLM_LYNX_LOG_INTERVAL": lambda: float(os.environ.get("VLLM_LYNX_LOG_INTERVAL", "60") or 0),
+    # Seconds between each worker's updates of the Lynx counters that vLLM's Prometheus /metrics
+    # exports when serving (lynx_decode_remaps_total, lynx_experts_per_step_before/_after,
+    # lynx_moved_assignment_share, ...); 0 turns the export off.
+    "VLLM_LYNX_METRICS_INTERVAL": lambda: float(
+        os.environ.get("VLLM_LYNX_METRICS_INTERVAL", "10") or 0
+    ),
     # Benchmarks only: K > 0 replaces the remap in decode steps by k consecutive experts mod K from
     # each row's top-1 (distinct per row), forcing every MoE layer onto at most K experts: the best
     # step time any remap could reach at that expert count. Outputs are meaningless.

@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 
 from lynx_ops.reference import remap_ref
-from lynx_ops.routing import MAX_BETA, MAX_KERNEL_EXPERTS, MAX_KERNEL_ROWS, Scoring, WeightRule
+from lynx_ops.routing import (
+    MAX_BETA,
+    MAX_KERNEL_EXPERTS,
+    MAX_KERNEL_ROWS,
+    TOUCHED_LEN,
+    Scoring,
+    WeightRule,
+)
 
 SCHEMA = (
     "remap(Tensor scores, Tensor topk_weights, Tensor topk_ids, Tensor num_valid, "
@@ -105,7 +112,7 @@ def _empty_outputs(topk_weights: torch.Tensor, topk_ids: torch.Tensor):
     return (
         topk_weights.new_empty(topk_weights.shape),
         topk_ids.new_empty(topk_ids.shape),
-        topk_ids.new_empty((4,), dtype=torch.int32),
+        topk_ids.new_empty((TOUCHED_LEN,), dtype=torch.int32),
     )
 
 

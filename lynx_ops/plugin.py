@@ -71,6 +71,13 @@ def _install() -> None:
         from lynx_ops.integration import cpu_routing
 
         cpu_routing.install()
+    if lynx_envs.VLLM_LYNX_METRICS_INTERVAL > 0:
+        from lynx_ops.integration import metrics
+
+        metrics.metrics_dir()  # made here, in the first process; later processes inherit it
+        if not metrics.install_stat_logger():
+            logger.warning("[lynx] this vLLM has no stat-logger hook: no Lynx metrics on /metrics "
+                           "(the periodic '[lynx] stats' log line remains)")  # fmt: skip
     _STATE["installed"] = True
     logger.info("[lynx] plugin installed (pid %d, vLLM %s)", os.getpid(), compat.vllm_version())
 

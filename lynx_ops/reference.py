@@ -107,9 +107,10 @@ def remap_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference `lynx::remap`. Inputs are assumed valid (the op validates them first).
 
-    Returns new `(topk_weights [T, k], topk_ids [T, k], touched [4] int32)`; `touched` holds, over
+    Returns new `(topk_weights [T, k], topk_ids [T, k], touched [5] int32)`; `touched` holds, over
     the valid rows: distinct experts before and after the remap, rows that keep their top-1 expert
-    (the vanilla expert with the highest selection score), and the number of valid rows.
+    (the vanilla expert with the highest selection score), the number of valid rows, and the
+    assignments moved (experts a row uses after the remap that were not among its own choices).
     """
     num_rows, num_experts = scores.shape
     k = topk_ids.shape[1]
@@ -175,6 +176,7 @@ def remap_ref(
             _distinct_experts(out_ids, valid, num_experts),
             keeps_top1.sum().to(torch.int32),
             valid.sum().to(torch.int32),
+            (used & (vanilla == 0) & valid[:, None]).sum().to(torch.int32),
         ]
     )
     return out_w, out_ids, touched

@@ -16,6 +16,9 @@ import enum
 MAX_BETA = 4
 # Largest padded batch the Triton kernel takes: histogram counts must fit their 12-bit fields.
 # Larger decode batches (beyond vLLM's usual max_num_seqs) run the plain-torch implementation.
+# `touched`, the op's third output: distinct experts before, after, rows keeping their top-1
+# expert, valid rows, assignments moved (experts a valid row uses that it had not chosen).
+TOUCHED_LEN = 5
 MAX_KERNEL_ROWS = 4095
 # Expert index lives in 10 key bits in the kernel; larger routers use the reference.
 MAX_KERNEL_EXPERTS = 1024

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Per-layer distinct-expert statistics, accumulated on the device with no host synchronisation.
 
-Each `lynx::remap` call returns `touched` ([4] int32, over the valid rows: distinct experts before
-and after, rows keeping their top-1 expert, valid rows). `ExpertStats.record(layer, touched)` adds
+Each `lynx::remap` call returns `touched` ([5] int32, over the valid rows: distinct experts before
+and after, rows keeping their top-1 expert, valid rows, assignments moved). `ExpertStats.record(layer, touched)` adds
 it, plus a call count, in place into a
 fixed-address device buffer, so it is captured by CUDA graphs and keeps counting on every replay.
 `snapshot()` copies the buffer to the host (one sync) when someone asks.
@@ -14,6 +14,8 @@ import dataclasses
 
 import torch
 
+from lynx_ops.routing import TOUCHED_LEN
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerStats:
@@ -23,6 +25,7 @@ class LayerStats:
     experts_after: int
     rows_keeping_top1: int = 0
     rows: int = 0
+    assignments_moved: int = 0  # experts rows used after the remap that they had not chosen
 
     @property
     def mean_before(self) -> float:
@@ -36,12 +39,16 @@ class LayerStats:
     def top1_kept_share(self) -> float:
         return self.rows_keeping_top1 / self.rows if self.rows else 1.0
 
+    def moved_share(self, top_k: int) -> float:
+        """Share of the (row, expert) assignments that the remap moved to another expert."""
+        return self.assignments_moved / (self.rows * top_k) if self.rows and top_k else 0.0
+
 
 class ExpertStats:
-    """[num_layers, 5] int64 device buffer: calls, then the sums of the four `touched` entries."""
+    """[num_layers, 1 + TOUCHED_LEN] int64 device buffer: calls, then the sums of `touched`."""
 
     def __init__(self, num_layers: int, device: torch.device | str) -> None:
-        self.buffer = torch.zeros(num_layers, 5, dtype=torch.int64, device=device)
+        self.buffer = torch.zeros(num_layers, 1 + TOUCHED_LEN, dtype=torch.int64, device=device)
         self._one = torch.ones(1, dtype=torch.int64, device=device)
 
     def record(self, layer: int, touched: torch.Tensor) -> None:

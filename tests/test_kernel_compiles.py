@@ -23,7 +23,7 @@ from lynx_ops.kernels import remap
 scoring, rule, grouped, k, block_e = (int(v) for v in sys.argv[1:])
 types = {  # argument name -> type; pointers to partial buffers by their element type
     "x_ptr": "*bf16", "w_ptr": "*fp32", "id_ptr": "*i32", "n_ptr": "*i32", "bias_ptr": "*fp32",
-    "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "counter_ptr": "*i32", "top1_ptr": "*i32",
+    "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "counter_ptr": "*i32", "top1_ptr": "*i32", "moved_ptr": "*i32",
     "hist_ptr": "*i64", "kept_ptr": "*i8", "before_ptr": "*i8", "after_ptr": "*i8",
     "alpha": "fp32", "scale": "fp32",
 }

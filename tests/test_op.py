@@ -62,7 +62,7 @@ def test_opcheck_permuted_and_empty(device):
     empty = op_args(shape, x[:0], w[:0], ids[:0], None, 0)
     torch.library.opcheck(torch.ops.lynx.remap.default, _to(empty, device))
     out = torch.ops.lynx.remap(*_to(empty, device))
-    assert out[0].shape == (0, 4) and out[2].tolist() == [0, 0, 0, 0]
+    assert out[0].shape == (0, 4) and out[2].tolist() == [0, 0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("device", OP_DEVICES)

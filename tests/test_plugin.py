@@ -168,7 +168,8 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     assert not remapped and same_w is w and same_ids is ids
     (stats,) = state.stats.snapshot()
     assert stats.calls == 1 and stats.rows == 12
-    counted = (stats.experts_before, stats.experts_after, stats.rows_keeping_top1, stats.rows)
+    counted = (stats.experts_before, stats.experts_after, stats.rows_keeping_top1, stats.rows,
+               stats.assignments_moved)  # fmt: skip
     assert counted == tuple(want[2].tolist())
     layers.LAYERS.clear()
 
@@ -178,19 +179,28 @@ def test_stats_line_reports_deltas_since_last_line():
 
     from lynx_ops.stats import ExpertStats
 
-    a = SimpleNamespace(stats=ExpertStats(1, "cpu"))
-    b = SimpleNamespace(stats=ExpertStats(1, "cpu"))
+    a = SimpleNamespace(stats=ExpertStats(1, "cpu"), facts=SimpleNamespace(top_k=8), index=0)
+    b = SimpleNamespace(stats=ExpertStats(1, "cpu"), facts=SimpleNamespace(top_k=8), index=1)
     layers.LAYERS.update({"l.0.x": a, "l.1.x": b})
     try:
         previous: dict = {}
         for _ in range(3):
-            a.stats.record(0, torch.tensor([20, 10, 15, 16], dtype=torch.int32))
-            b.stats.record(0, torch.tensor([20, 6, 16, 16], dtype=torch.int32))
+            a.stats.record(0, torch.tensor([20, 10, 15, 16, 8], dtype=torch.int32))
+            b.stats.record(0, torch.tensor([20, 6, 16, 16, 16], dtype=torch.int32))
         line = layers.stats_line(previous)
         assert line.startswith("3 decode remaps per layer over 2 layers")
         assert "20.0 -> 8.0 (60% fewer)" in line
+        # moved 3 x (8 + 16) of 3 x 2 x 16 rows x 8 slots = 72 / 768
+        assert line.endswith("9.4% of assignments moved")
+        # /metrics rows: cumulative sums per layer with the layer's k
+        assert layers.counters() == [
+            {"layer": 0, "top_k": 8, "calls": 3, "before": 60, "after": 30, "top1": 45,
+             "rows": 48, "moved": 24},
+            {"layer": 1, "top_k": 8, "calls": 3, "before": 60, "after": 18, "top1": 48,
+             "rows": 48, "moved": 48},
+        ]  # fmt: skip
         assert layers.stats_line(previous) is None  # nothing new since
-        a.stats.record(0, torch.tensor([10, 10, 16, 16], dtype=torch.int32))
+        a.stats.record(0, torch.tensor([10, 10, 16, 16, 0], dtype=torch.int32))
         assert "10.0 -> 10.0" in layers.stats_line(previous)
     finally:
         layers.LAYERS.clear()

@@ -81,6 +81,28 @@ class Server:
             "results"
         ]
 
+    def lynx_metrics(self, wait_s: float = 0.0) -> dict[str, Any]:
+        """The Lynx families on the server's Prometheus /metrics, summed or averaged over layers;
+        waits up to `wait_s` for the workers' first publication (VLLM_LYNX_METRICS_INTERVAL)."""
+        deadline = time.time() + wait_s
+        while True:
+            with urllib.request.urlopen(self.base + "/metrics", timeout=30) as r:
+                text = r.read().decode()
+            samples: dict[str, list[float]] = {}
+            for line in text.splitlines():
+                if line.startswith("lynx_"):
+                    name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
+                    samples.setdefault(name, []).append(value)
+            if samples.get("lynx_decode_remaps_total") or time.time() >= deadline:
+                break
+            time.sleep(1)
+        mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
+        return {"families": sorted(samples),
+                "decode_remaps": sum(samples.get("lynx_decode_remaps_total", [])),
+                "experts_per_step_before": mean(samples.get("lynx_experts_per_step_before", [])),
+                "experts_per_step_after": mean(samples.get("lynx_experts_per_step_after", [])),
+                "moved_assignment_share": mean(samples.get("lynx_moved_assignment_share", []))}  # fmt: skip
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -167,9 +189,24 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
                   f"{row['output_tok_s']:.1f} tok/s, median TPOT "
                   f"{row['tpot_ms_median'] if row['tpot_ms_median'] is None else round(row['tpot_ms_median'], 2)} ms",
                   flush=True)  # fmt: skip
+        # Lynx's Prometheus families, as a scraper sees them (none when the flag is unset)
+        lynx_on = env_extra.get("VLLM_LYNX_ENABLED") == "1"
+        out["metrics"] = server.lynx_metrics(wait_s=_metrics_wait_s() if lynx_on else 0.0)
+        m = out["metrics"]
+        print(f"[{label}] /metrics: {len(m['families'])} Lynx families"
+              + (f", {m['decode_remaps']:.0f} decode remaps, experts per step "
+                 f"{m['experts_per_step_before']:.1f} -> {m['experts_per_step_after']:.1f}, "
+                 f"{100 * m['moved_assignment_share']:.1f}% of assignments moved"
+                 if m["decode_remaps"] else ""), flush=True)  # fmt: skip
         return out
     finally:
         server.stop()
+
+
+def _metrics_wait_s() -> float:
+    from lynx_ops import envs
+
+    return 2 * envs.VLLM_LYNX_METRICS_INTERVAL + 5
 
 
 def best_within(rows: list[dict], target_ms: float) -> dict | None:

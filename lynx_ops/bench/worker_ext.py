@@ -45,6 +45,7 @@ def summarize(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:
         "experts_before": statistics.mean(v["before"] for v in active),
         "experts_after": statistics.mean(v["after"] for v in active),
         "top1_kept": statistics.mean(v["top1_kept"] for v in active),
+        "moved_share": statistics.mean(v.get("moved_share", 0.0) for v in active),
         "remap_calls_per_layer": statistics.mean(v["calls"] for v in active),
     }
 

@@ -228,59 +228,87 @@ _LOGGER_THREAD: threading.Thread | None = None
 
 
 def _start_stats_logger() -> None:
-    """A daemon thread that logs what Lynx did since its last line (VLLM_LYNX_LOG_INTERVAL).
+    """A daemon thread that logs what Lynx did since its last line (VLLM_LYNX_LOG_INTERVAL) and
+    publishes the counters for /metrics (VLLM_LYNX_METRICS_INTERVAL).
 
     It reads the device counters with one small copy per layer; under CUDA graphs the counters
     keep counting on replay, so this is the only view of decode steps that run no Python."""
     global _LOGGER_THREAD
     from lynx_ops import envs
 
-    interval = envs.VLLM_LYNX_LOG_INTERVAL
+    log_s, metrics_s = envs.VLLM_LYNX_LOG_INTERVAL, envs.VLLM_LYNX_METRICS_INTERVAL
     with _LOCK:
-        if interval <= 0 or _LOGGER_THREAD is not None:
+        if (log_s <= 0 and metrics_s <= 0) or _LOGGER_THREAD is not None:
             return
-        _LOGGER_THREAD = threading.Thread(target=_log_loop, args=(interval,), daemon=True,
-                                          name="lynx-stats")  # fmt: skip
+        _LOGGER_THREAD = threading.Thread(target=_stats_loop, args=(log_s, metrics_s),
+                                          daemon=True, name="lynx-stats")  # fmt: skip
     _LOGGER_THREAD.start()
 
 
-def _log_loop(interval: float) -> None:
+def _stats_loop(log_s: float, metrics_s: float) -> None:
     import time
 
+    from lynx_ops.integration import metrics
+
+    tick = min(v for v in (log_s, metrics_s) if v > 0)
     previous: dict[str, tuple[int, ...]] = {}
+    next_log = next_publish = time.monotonic()
+    next_log += log_s
     while True:
-        time.sleep(interval)
+        time.sleep(tick)
+        now = time.monotonic()
         try:
-            line = stats_line(previous)
+            if metrics_s > 0 and now >= next_publish:
+                next_publish = now + metrics_s
+                metrics.publish(counters())
+            if log_s > 0 and now >= next_log:
+                next_log = now + log_s
+                line = stats_line(previous)
+                if line:
+                    logger.info("[lynx] stats: %s", line)
         except Exception as e:  # never let telemetry take the worker down
             logger.warning("[lynx] stats unavailable: %s", e)
             return
-        if line:
-            logger.info("[lynx] stats: %s", line)
+
+
+def counters() -> list[dict[str, int]]:
+    """Cumulative per-layer sums of this process's device counters (for /metrics)."""
+    rows = []
+    for state in sorted(LAYERS.values(), key=lambda st: st.index):
+        if state.stats is None:
+            continue
+        c = state.stats.snapshot()[0]
+        rows.append({"layer": state.index, "top_k": state.facts.top_k, "calls": c.calls,
+                     "before": c.experts_before, "after": c.experts_after,
+                     "top1": c.rows_keeping_top1, "rows": c.rows,
+                     "moved": c.assignments_moved})  # fmt: skip
+    return rows
 
 
 def stats_line(previous: dict[str, tuple[int, ...]]) -> str | None:
     """Decode remaps and mean distinct experts per layer since `previous` (updated in place)."""
-    calls = before = after = layers_active = 0
+    calls = before = after = layers_active = slots = moved = 0
     for name, state in list(LAYERS.items()):
         if state.stats is None:
             continue
+        # buffer row: calls, before, after, rows keeping top-1, rows, assignments moved
         current = tuple(int(v) for v in state.stats.buffer[0].tolist())
-        c0, b0, a0 = previous.get(name, (0, 0, 0))[:3]
+        old = previous.get(name, (0,) * len(current))
         previous[name] = current
-        dc, db, da = current[0] - c0, current[1] - b0, current[2] - a0
-        if dc > 0:
-            calls, before, after, layers_active = (
-                calls + dc,
-                before + db,
-                after + da,
-                layers_active + 1,
-            )
+        delta = [a - b for a, b in zip(current, old, strict=True)]
+        if delta[0] > 0:
+            calls += delta[0]
+            before += delta[1]
+            after += delta[2]
+            slots += delta[4] * state.facts.top_k
+            moved += delta[5]
+            layers_active += 1
     if not calls:
         return None
     return (f"{calls // layers_active} decode remaps per layer over {layers_active} layers; "
             f"distinct experts per layer {before / calls:.1f} -> {after / calls:.1f} "
-            f"({100 * (1 - after / before):.0f}% fewer)")  # fmt: skip
+            f"({100 * (1 - after / max(before, 1)):.0f}% fewer); "
+            f"{100 * moved / max(slots, 1):.1f}% of assignments moved")  # fmt: skip
 
 
 def _ranges(values: list[int]) -> str:
@@ -333,11 +361,12 @@ def snapshot() -> dict[str, dict[str, float]]:
     for name, state in sorted(LAYERS.items(), key=lambda kv: kv[1].index):
         if state.stats is None:
             out[name] = {"layer": state.index, "calls": 0, "before": 0.0, "after": 0.0,
-                         "top1_kept": 1.0}  # fmt: skip
+                         "top1_kept": 1.0, "moved_share": 0.0}  # fmt: skip
             continue
         s = state.stats.snapshot()[0]
         out[name] = {"layer": state.index, "calls": s.calls, "before": s.mean_before,
-                     "after": s.mean_after, "top1_kept": s.top1_kept_share}  # fmt: skip
+                     "after": s.mean_after, "top1_kept": s.top1_kept_share,
+                     "moved_share": s.moved_share(state.facts.top_k)}  # fmt: skip
     return out
 
 

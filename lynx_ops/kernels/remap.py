@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from lynx_ops.kernels.configs import LaunchConfig, launch_config
-from lynx_ops.routing import SIGMOID_BIAS_EPS, Scoring, WeightRule
+from lynx_ops.routing import SIGMOID_BIAS_EPS, TOUCHED_LEN, Scoring, WeightRule
 
 # Globals used in @triton.jit must be constexpr.
 _NEG_INF = tl.constexpr(float("-inf"))
@@ -185,7 +185,9 @@ def _block_final(
     s_vanilla = tl.where(vanilla, s, _NEG_INF)
     top1 = vanilla & (s_vanilla == tl.max(s_vanilla, axis=1)[:, None])
     keeps = tl.max((top1 & used).to(tl.int32), axis=1)
-    return before, after, tl.sum(keeps, axis=0)
+    # assignments moved: experts a valid row now uses that were not among its vanilla choices
+    moved = tl.sum(tl.sum((used & ~vanilla).to(tl.int32), axis=1), axis=0)
+    return before, after, tl.sum(keeps, axis=0), moved
 
 
 @triton.jit
@@ -230,7 +232,7 @@ def _fused_kernel(
     )  # fmt: skip
     hist = _block_hist(q, valid, BETA)
     kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, K, BETA)
-    before, after, top1 = _block_final(
+    before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
         E, scale, K, SCORING, RULE, BLOCK_K,
@@ -239,6 +241,7 @@ def _fused_kernel(
     tl.store(touched_ptr + 1, tl.sum(after, axis=0))
     tl.store(touched_ptr + 2, top1)
     tl.store(touched_ptr + 3, n)
+    tl.store(touched_ptr + 4, moved)
 
 
 @triton.jit
@@ -288,7 +291,8 @@ def _vote_kernel(
 @triton.jit
 def _final_kernel(
     x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
-    kept_ptr, before_ptr, after_ptr, top1_ptr, counter_ptr, out_w_ptr, out_id_ptr, touched_ptr,
+    kept_ptr, before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr,
+    out_w_ptr, out_id_ptr, touched_ptr,
     T, E, P, alpha, scale, group_size,
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
     GROUPED: tl.constexpr, EPS: tl.constexpr,
@@ -308,7 +312,7 @@ def _final_kernel(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
     )  # fmt: skip
-    before, after, top1 = _block_final(
+    before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
         E, scale, K, SCORING, RULE, BLOCK_K,
@@ -316,6 +320,7 @@ def _final_kernel(
     tl.store(before_ptr + pid * BLOCK_E + cols, before.to(tl.int8))
     tl.store(after_ptr + pid * BLOCK_E + cols, after.to(tl.int8))
     tl.store(top1_ptr + pid, top1)
+    tl.store(moved_ptr + pid, moved)
     # Classic last-block reduction: every thread's stores are issued before the release below,
     # and the block that sees P - 1 finished blocks reads them all back (volatile: past L1).
     tl.debug_barrier()
@@ -326,13 +331,18 @@ def _final_kernel(
         tl.store(touched_ptr, tl.sum((all_before > 0).to(tl.int32), axis=0))
         tl.store(touched_ptr + 1, tl.sum((all_after > 0).to(tl.int32), axis=0))
         top1_total = tl.full([], 0, tl.int32)
+        moved_total = tl.full([], 0, tl.int32)
         for p0 in range(0, P, BLOCK_E):
             pr = p0 + cols
             top1_total += tl.sum(
                 tl.load(top1_ptr + pr, mask=pr < P, other=0, volatile=True), axis=0
             )
+            moved_total += tl.sum(
+                tl.load(moved_ptr + pr, mask=pr < P, other=0, volatile=True), axis=0
+            )
         tl.store(touched_ptr + 2, top1_total)
         tl.store(touched_ptr + 3, n)
+        tl.store(touched_ptr + 4, moved_total)
 
 
 def remap_triton(
@@ -355,7 +365,7 @@ def remap_triton(
     k = topk_ids.shape[1]
     out_w = topk_weights.new_empty(topk_weights.shape)
     out_ids = topk_ids.new_empty(topk_ids.shape)
-    touched = topk_ids.new_empty((4,), dtype=torch.int32)
+    touched = topk_ids.new_empty((TOUCHED_LEN,), dtype=torch.int32)
     if num_rows == 0:
         touched.zero_()
         return out_w, out_ids, touched
@@ -387,8 +397,9 @@ def remap_triton(
     chunk = max(1, min(triton.next_power_of_2(blocks), 4096 // block_e))
     hist = torch.empty((blocks, block_e), dtype=torch.int64, device=scores.device)
     masks = torch.empty((3, blocks, block_e), dtype=torch.int8, device=scores.device)
-    counts = torch.empty((blocks + 1,), dtype=torch.int32, device=scores.device)
-    counter, top1 = counts[:1], counts[1:]  # finished-block counter; rows keeping top-1 per block
+    counts = torch.empty((2 * blocks + 1,), dtype=torch.int32, device=scores.device)
+    # finished-block counter; per block: rows keeping their top-1, assignments moved
+    counter, top1, moved = counts[:1], counts[1 : blocks + 1], counts[blocks + 1 :]
     _hist_kernel[(blocks,)](
         *x_args, *id_args, num_valid, bias, hist, counter,
         num_rows, num_experts, alpha, group_size, BLOCK_T=cfg.block_t, **meta,
@@ -399,7 +410,8 @@ def remap_triton(
         BLOCK_T=cfg.block_t, CHUNK=chunk, **meta,
     )  # fmt: skip
     _final_kernel[(blocks,)](
-        *x_args, *w_args, *id_args, num_valid, bias, masks[0], masks[1], masks[2], top1, counter,
+        *x_args, *w_args, *id_args, num_valid, bias, masks[0], masks[1], masks[2], top1, moved,
+        counter,
         out_w, out_ids, touched,
         num_rows, num_experts, blocks, alpha, scale, group_size,
         RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=triton.next_power_of_2(k), CHUNK=chunk, **meta,

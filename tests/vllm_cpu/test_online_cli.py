@@ -6,6 +6,7 @@ tool; its timings are not performance numbers."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ def test_lynx_bench_online_tiny(tmp_path):
          "--rates", "4", "--duration", "4", "--input-len", "16", "--output-len", "8",
          "--tpot-target-ms", "1000", "--serve-arg=--kv-cache-memory-bytes=268435456",
          "--out", str(out)],
-        capture_output=True, text=True, timeout=1200, env=dict(os.environ),
+        capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "VLLM_LYNX_METRICS_INTERVAL": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out / "online.csv") as f:
@@ -34,3 +36,13 @@ def test_lynx_bench_online_tiny(tmp_path):
         assert float(row["tpot_ms_median"]) > 0
     assert float(rows["lynx"]["experts_after"]) < float(rows["lynx"]["experts_before"])
     assert "serving throughput at the target" in proc.stdout
+    # Prometheus /metrics: the Lynx families with the flag on (counted on the device in the engine
+    # process, handed to the API server), none with it unset
+    runs = json.loads((out / "online.json").read_text())["runs"]
+    assert runs["stock"]["metrics"]["families"] == []
+    m = runs["lynx"]["metrics"]
+    assert {"lynx_decode_remaps_total", "lynx_experts_per_step_before",
+            "lynx_experts_per_step_after", "lynx_moved_assignment_share"} <= set(m["families"])  # fmt: skip
+    assert m["decode_remaps"] > 0
+    assert m["experts_per_step_after"] < m["experts_per_step_before"]
+    assert 0 < m["moved_assignment_share"] < 1

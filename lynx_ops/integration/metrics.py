@@ -1,0 +1,168 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Lynx counters on vLLM's Prometheus `/metrics`.
+
+The counters live on the device in each worker (lynx_ops.stats); `/metrics` is served by the API
+server, another process. The hand-off is a file per worker:
+
+* workers: the stats thread of lynx_ops.integration.layers writes the per-layer cumulative sums to
+  `<dir>/worker-<pid>.json` every VLLM_LYNX_METRICS_INTERVAL seconds (atomic replace; one small
+  device-to-host copy per layer, no synchronisation of the serving stream);
+* API server: `LynxStatLogger`, added to vLLM's stat loggers when the plugin is on, registers a
+  Prometheus collector that reads those files when `/metrics` is scraped.
+
+`<dir>` is made by the first process that runs the plugin (the API server) and passed to the
+engine and worker processes it starts through the environment (LYNX_METRICS_DIR, internal).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DIR_ENV = "LYNX_METRICS_DIR"
+_COLLECTOR: Any = None
+
+
+def metrics_dir(create: bool = True) -> Path | None:
+    """The directory shared by this server's processes; made (and removed at exit) by the first."""
+    path = os.environ.get(DIR_ENV)
+    if path:
+        return Path(path)
+    if not create:
+        return None
+    made = tempfile.mkdtemp(prefix=f"lynx-metrics-{os.getpid()}-")
+    os.environ[DIR_ENV] = made  # inherited by the engine and worker processes started later
+    atexit.register(shutil.rmtree, made, True)
+    return Path(made)
+
+
+def publish(rows: list[dict[str, Any]]) -> None:
+    """Worker side: write this process's per-layer cumulative counters."""
+    directory = metrics_dir(create=False)
+    if directory is None or not directory.is_dir():
+        return
+    final = directory / f"worker-{os.getpid()}.json"
+    tmp = final.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "layers": rows}))
+    os.replace(tmp, final)
+
+
+def read_all(directory: Path) -> list[dict[str, Any]]:
+    """Every worker's latest file (a worker that has not written yet is simply absent)."""
+    out = []
+    for path in sorted(directory.glob("worker-*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):  # replaced or removed while reading: next scrape has it
+            continue
+    return out
+
+
+# name suffix, help text, key in a layer row
+COUNTERS = (
+    ("decode_remaps", "Decode steps remapped, per MoE layer", "calls"),
+    ("experts_before", "Distinct experts per remapped decode step before the remap, summed", "before"),
+    ("experts_after", "Distinct experts per remapped decode step after the remap, summed", "after"),
+    ("rows", "Token rows in remapped decode steps", "rows"),
+    ("assignments_moved", "Token-to-expert assignments the remap moved to another expert", "moved"),
+    ("rows_keeping_top1", "Rows that kept their top-1 expert", "top1"),
+)  # fmt: skip
+
+
+class LynxCollector:
+    """Prometheus collector: the workers' files, read at scrape time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["layer", "worker"]
+        families = {key: CounterMetricFamily(f"lynx_{name}", doc, labels=labels)
+                    for name, doc, key in COUNTERS}  # fmt: skip
+        before = GaugeMetricFamily("lynx_experts_per_step_before",
+                                   "Mean distinct experts per remapped decode step, stock routing",
+                                   labels=labels)  # fmt: skip
+        after = GaugeMetricFamily("lynx_experts_per_step_after",
+                                  "Mean distinct experts per remapped decode step, with Lynx",
+                                  labels=labels)  # fmt: skip
+        share = GaugeMetricFamily("lynx_moved_assignment_share",
+                                  "Share of token-to-expert assignments the remap moved",
+                                  labels=labels)  # fmt: skip
+        for worker in read_all(self.directory):
+            for row in worker["layers"]:
+                values = [str(row["layer"]), str(worker["pid"])]
+                for _name, _doc, key in COUNTERS:
+                    families[key].add_metric(values, row[key])
+                if row["calls"]:
+                    before.add_metric(values, row["before"] / row["calls"])
+                    after.add_metric(values, row["after"] / row["calls"])
+                if row["rows"] and row["top_k"]:
+                    share.add_metric(values, row["moved"] / (row["rows"] * row["top_k"]))
+        yield from families.values()
+        yield from (before, after, share)
+
+
+def register_collector() -> None:
+    """API-server side: export the Lynx families on the registry vLLM serves (idempotent)."""
+    global _COLLECTOR
+    from prometheus_client import REGISTRY
+
+    directory = metrics_dir()
+    if _COLLECTOR is not None:
+        with contextlib.suppress(KeyError):  # vLLM may have cleared the registry itself
+            REGISTRY.unregister(_COLLECTOR)
+    _COLLECTOR = LynxCollector(directory)
+    REGISTRY.register(_COLLECTOR)
+
+
+def stat_logger_class():
+    """vLLM's stat-logger interface, implemented only to hook the API server's startup: Lynx's
+    numbers come from the device counters, not from vLLM's per-iteration stats."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class LynxStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            register_collector()
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            pass
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return LynxStatLogger
+
+
+def install_stat_logger() -> bool:
+    """Add LynxStatLogger to the stat loggers vLLM's AsyncLLM builds (its plugin hook,
+    `load_stat_logger_plugin_factories`), only in processes where the plugin is on, so a server
+    without VLLM_LYNX_ENABLED loads nothing. False (with the reason logged) if the hook is missing."""
+    import sys
+
+    try:
+        from vllm.v1.metrics import loggers
+    except ImportError:
+        return False
+    original = getattr(loggers, "load_stat_logger_plugin_factories", None)
+    if original is None:
+        return False
+    if getattr(original, "_lynx", False):
+        return True
+
+    def with_lynx():
+        return [*original(), stat_logger_class()]
+
+    with_lynx._lynx = True  # type: ignore[attr-defined]
+    loggers.load_stat_logger_plugin_factories = with_lynx
+    async_llm = sys.modules.get("vllm.v1.engine.async_llm")  # imported it by name already
+    if async_llm is not None and hasattr(async_llm, "load_stat_logger_plugin_factories"):
+        async_llm.load_stat_logger_plugin_factories = with_lynx
+    return True
