@@ -20,6 +20,7 @@ sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/conf
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -104,7 +105,10 @@ def _sweep(args, prov) -> list[dict]:
             # first H100 sweep (perf/results/kernel_sweep_h100.csv); "auto" is what the op picks.
             configs = {f"split{tile}": split_config(shape.E, tile) for tile in (256, 512, 1024)}
             if triton.next_power_of_2(T) * block_e <= 4096:
-                configs["fused"] = fused_config(T, shape.E)
+                configs["fused"] = fused = fused_config(T, shape.E)
+                for warps in (2, 4, 8):  # one program: does more parallelism inside it pay?
+                    if warps != fused.num_warps:
+                        configs[f"fused_w{warps}"] = dataclasses.replace(fused, num_warps=warps)
             configs["auto"] = launch_config(T, shape.E, shape.k)
             times = {}
             for label, cfg in configs.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,23 @@ def test_model_configs_select_their_family(name):
 def test_expected_union_matches_algorithm_note():
     # ALGORITHM.md: Qwen3-30B-A3B (E=128, k=8) touches ~112 of 128 at B=32
     assert round(router_realism.expected_union(128, 8, 32)) == 112
+
+
+def test_router_stats_file_sets_spread_and_skew(tmp_path):
+    import json
+
+    shipped = Path(router_realism.__file__).parent / "router_stats" / "embedded.json"
+    record = json.loads(shipped.read_text())
+    spread, skew, source = router_realism.load_stats(str(shipped))
+    assert (spread, skew) == (record["spread"], record["skew"]) and spread > 0 and skew >= 0
+    # the layer fits average to the top-level numbers the benchmarks use
+    layers = record["layers"]
+    assert abs(sum(r["spread"] for r in layers) / len(layers) - spread) < 1e-3
+    assert "embedded" in router_realism.describe(spread, skew, source)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"spread": -1, "skew": 0}')
+    with pytest.raises(SystemExit, match="spread must be > 0"):
+        router_realism.load_stats(str(bad))
+    bad.write_text("[]")
+    with pytest.raises(SystemExit, match="not a router statistics file"):
+        router_realism.load_stats(str(bad))

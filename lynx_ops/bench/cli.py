@@ -42,6 +42,19 @@ def _engine_kwargs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+ROUTER_STATS_HELP = ("take --spread/--skew from a trained model's router statistics "
+                     "(scripts/export_router_stats.py; lynx_ops/bench/router_stats/embedded.json "
+                     "ships with the package)")  # fmt: skip
+
+
+def _router_args(args: argparse.Namespace) -> None:
+    """--router-stats sets --spread/--skew and names where they came from."""
+    args.router_source = None
+    if getattr(args, "router_stats", None):
+        spread, args.skew, args.router_source = router_realism.load_stats(args.router_stats)
+        args.spread = str(spread)
+
+
 def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
                 module: str = "lynx_ops.bench.offline") -> dict:  # fmt: skip
     spec_path = workdir / f"spec-{label}.json"
@@ -92,6 +105,14 @@ def _prepare_model(args: argparse.Namespace, work: Path):
     """(model dir, prompt vocab, num_experts, top_k): a --shape is written as a config dir for dummy
     weights; a --model is used as given (its router shape unknown here)."""
     if not args.shape:
+        config = Path(args.model) / "config.json"
+        if config.is_file():  # prompt ids must exist in the checkpoint's vocabulary
+            cfg = json.loads(config.read_text())
+            return (
+                args.model,
+                min(args.vocab, int(cfg.get("vocab_size", args.vocab))),
+                *router_shape(cfg),
+            )
         return args.model, args.vocab, None, None
     cfg = model_configs.config(args.shape, args.layers, tiny=args.tiny)
     model = model_configs.write_model_dir(args.shape, work / "model", args.layers, tiny=args.tiny)
@@ -100,6 +121,7 @@ def _prepare_model(args: argparse.Namespace, work: Path):
 
 
 def offline(args: argparse.Namespace) -> int:
+    _router_args(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-bench-", dir=out_dir))
@@ -113,7 +135,7 @@ def offline(args: argparse.Namespace) -> int:
         "engine": {"max_model_len": args.input_len + args.output_len + 16,
                    "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)},
     }  # fmt: skip
-    router = (router_realism.describe(float(args.spread), args.skew) if realism
+    router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
               else "checkpoint router" if args.load_format != "dummy"
               else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
     runs = {"stock": _run_worker("stock", spec, {}, work),
@@ -255,9 +277,50 @@ def fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def soak_cmd(args: argparse.Namespace) -> int:
+    """Flag off, then on, each under the same mixed traffic; fails (exit 1) on any error, invalid
+    response, dead server, or resident memory growing by more than 5% after warm-up."""
+    from lynx_ops.bench import soak
+
+    args.router_source = None
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lynx-soak-", dir=out_dir))
+    serve_args = [f"--max-model-len={args.max_input + args.max_output + 16}", *args.serve_arg]
+    model, vocab, _, _ = _prepare_model(args, work)
+    if args.shape:
+        serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
+    realism = args.spread.lower() != "none" and bool(args.shape)
+    spec = {"minutes": args.minutes, "concurrency": args.concurrency, "vocab": vocab,
+            "max_input": args.max_input, "max_output": args.max_output, "sample_s": 10.0,
+            "spread": float(args.spread) if realism else None, "skew": args.skew}  # fmt: skip
+    runs = {"off": soak.run_mode("off", model, serve_args, {}, spec, work),
+            "on": soak.run_mode("on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work)}  # fmt: skip
+    prov = provenance()
+    (out_dir / "soak.json").write_text(json.dumps({"spec": spec, "runs": runs, "model": args.shape
+                                                   or args.model, **prov}, indent=1))  # fmt: skip
+    print(f"\n{'mode':>4} {'requests':>8} {'valid':>6} {'errors':>6} {'tokens':>7} "
+          f"{'RSS after warm-up':>17} {'RSS end':>8} {'growth':>7}")  # fmt: skip
+    failed = []
+    for mode, r in runs.items():
+        grow = r["rss_growth_after_warmup_mib"]
+        print(f"{mode:>4} {r['requests']:>8} {r['valid']:>6} {r['errors']:>6} {r['tokens']:>7} "
+              f"{r['rss_mib_after_warmup']:>13.0f} MiB {r['rss_mib_end']:>4.0f} MiB {grow:>+6.0f}")  # fmt: skip
+        if r["errors"] or r["valid"] != r["requests"] or not r["server_alive"]:
+            failed.append(f"{mode}: {r['errors']} errors, {r['valid']}/{r['requests']} valid, "
+                          f"server alive: {r['server_alive']}; first: {r['first_errors']}")  # fmt: skip
+        if grow > 0.05 * r["rss_mib_after_warmup"]:
+            failed.append(f"{mode}: resident memory grew {grow:.0f} MiB after warm-up")
+    print(f"results: {out_dir / 'soak.json'}  logs: {work}")
+    for line in failed:
+        print(f"SOAK FAILED: {line}")
+    return 1 if failed else 0
+
+
 def online_cmd(args: argparse.Namespace) -> int:
     from lynx_ops.bench import online
 
+    _router_args(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-online-", dir=out_dir))
@@ -266,7 +329,7 @@ def online_cmd(args: argparse.Namespace) -> int:
     if args.shape:
         serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
     realism = args.spread.lower() != "none" and bool(args.shape)
-    router = (router_realism.describe(float(args.spread), args.skew) if realism
+    router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
               else "checkpoint router" if args.model
               else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
     spec = {"rates": args.rates, "duration": args.duration, "input_len": args.input_len,
@@ -336,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--repeats", type=int, default=3)
     off.add_argument("--spread", default="2.0", help="router logit spread, or 'none'")
     off.add_argument("--skew", type=float, default=1.0)
+    off.add_argument("--router-stats", metavar="FILE", help=ROUTER_STATS_HELP)
     off.add_argument("--ceiling", type=int, nargs="*", default=[], help="expert counts K")
     off.add_argument("--stock-again", action=argparse.BooleanOptionalAction, default=True,
                      help="run stock a second time after Lynx (stock, Lynx, stock): the stock "
@@ -365,13 +429,31 @@ def main(argv: list[str] | None = None) -> int:
     onl.add_argument("--tpot-target-ms", type=float, default=50.0)
     onl.add_argument("--spread", default="2.0")
     onl.add_argument("--skew", type=float, default=1.0)
+    onl.add_argument("--router-stats", metavar="FILE", help=ROUTER_STATS_HELP)
     onl.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
     onl.add_argument("--out", default="perf/results/lynx-online")
+    soak = sub.add_parser("soak", help="vllm serve under mixed traffic, flag off then on")
+    src = soak.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shape", choices=sorted(model_configs.SHAPES))
+    src.add_argument("--model")
+    soak.add_argument("--layers", type=int, default=None)
+    soak.add_argument("--tiny", action="store_true", help="CPU runs")
+    soak.add_argument("--vocab", type=int, default=30000)
+    soak.add_argument("--minutes", type=float, default=10.0, help="traffic per mode")
+    soak.add_argument("--concurrency", type=int, default=8, help="clients, one request each")
+    soak.add_argument("--max-input", type=int, default=256)
+    soak.add_argument("--max-output", type=int, default=64)
+    soak.add_argument("--spread", default="2.0")
+    soak.add_argument("--skew", type=float, default=1.0)
+    soak.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
+    soak.add_argument("--out", default="perf/results/lynx-soak")
     args = ap.parse_args(argv)
     if args.cmd == "offline":
         return offline(args)
     if args.cmd == "online":
         return online_cmd(args)
+    if args.cmd == "soak":
+        return soak_cmd(args)
     if args.model is None:
         from lynx_ops import embedded
 

@@ -79,8 +79,24 @@ def _find(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
         return None
 
 
-def describe(spread: float, skew: float) -> str:
-    return f"dummy weights, gates re-drawn: logit spread {spread:g}, expert skew {skew:g}"
+def describe(spread: float, skew: float, source: str | None = None) -> str:
+    fitted = f" to {source}" if source else ""
+    return f"dummy weights, gates re-drawn{fitted}: logit spread {spread:g}, expert skew {skew:g}"
+
+
+def load_stats(path: str) -> tuple[float, float, str]:
+    """(spread, skew, source) from a file written by scripts/export_router_stats.py."""
+    import json
+    from pathlib import Path
+
+    try:
+        record = json.loads(Path(path).read_text())
+        spread, skew = float(record["spread"]), float(record["skew"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--router-stats {path}: not a router statistics file ({e})") from None
+    if spread <= 0 or skew < 0:
+        raise SystemExit(f"--router-stats {path}: spread must be > 0 and skew >= 0")
+    return spread, skew, f"the {record.get('model', '?')} model's router statistics"
 
 
 def expected_union(num_experts: int, top_k: int, batch: int) -> float:

@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Export a trained model's router statistics for `lynx-bench --router-stats` (dummy-weight realism).
+
+    python scripts/export_router_stats.py [--model DIR] [--out lynx_ops/bench/router_stats/embedded.json]
+
+Runs the checkpoint (HF transformers, CPU is enough) on held-out corpus files, captures every MoE
+gate's logits and fits the two numbers `router_realism.rescale_gates` draws gates from:
+
+* per expert e, sigma_e = std over tokens of logit[e]; a re-drawn gate has sigma_e = spread *
+  exp(skew * b_e) with b_e ~ N(0, 1), so spread = exp(mean log sigma_e), skew = std log sigma_e;
+* for the record, what the fit leaves out: the per-expert mean logits (a trained router's fixed
+  preferences; the re-drawn gates have none), and the distinct experts a batch of B held-out tokens
+  touches (mean over batches), the quantity Lynx works on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lynx_ops.embedded import MODEL_DIR, corpus  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(MODEL_DIR))
+    ap.add_argument("--out", default="lynx_ops/bench/router_stats/embedded.json")
+    ap.add_argument("--tokens", type=int, default=8192)
+    args = ap.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    config = model.config
+    top_k = config.num_experts_per_tok
+    captured: dict[int, list[torch.Tensor]] = {}
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        gate = getattr(layer.mlp, "gate", None)
+        if gate is None or not hasattr(gate, "weight"):
+            continue
+
+        def grab(module, inputs, i=i):
+            h = inputs[0].reshape(-1, inputs[0].shape[-1])
+            captured.setdefault(i, []).append(h @ module.weight.float().t())
+
+        hooks.append(gate.register_forward_pre_hook(grab))
+
+    ids: list[int] = []
+    for path in corpus.files("heldout"):
+        ids.extend(tok(path.read_text(encoding="utf-8", errors="replace"))["input_ids"])
+        if len(ids) >= args.tokens:
+            break
+    windows = torch.tensor(ids[: args.tokens - args.tokens % 256]).view(-1, 256)
+    with torch.no_grad():
+        for chunk in windows.split(8):
+            model(input_ids=chunk)
+    for h in hooks:
+        h.remove()
+
+    layers = []
+    for i, parts in sorted(captured.items()):
+        logits = torch.cat(parts)  # [N, E]
+        log_sigma = logits.std(dim=0).log()
+        topk = logits.topk(top_k, dim=1).indices
+        union = {}
+        for batch in (1, 8, 16, 32, 64):
+            n = (len(topk) // batch) * batch
+            groups = topk[:n].view(-1, batch * top_k)
+            union[batch] = round(
+                sum(len(set(g.tolist())) for g in groups[:256]) / min(len(groups), 256), 2
+            )
+        layers.append({
+            "layer": i, "tokens": len(logits),
+            "spread": round(math.exp(log_sigma.mean().item()), 4),
+            "skew": round(log_sigma.std().item(), 4),
+            "expert_mean_logit_std": round(logits.mean(dim=0).std().item(), 4),
+            "distinct_experts_per_batch": union,
+        })  # fmt: skip
+    record = {
+        "model": Path(args.model).name if Path(args.model) != MODEL_DIR else "embedded",
+        "num_experts": config.num_local_experts if hasattr(config, "num_local_experts")
+        else config.num_experts, "top_k": top_k,
+        "spread": round(sum(r["spread"] for r in layers) / len(layers), 4),
+        "skew": round(sum(r["skew"] for r in layers) / len(layers), 4),
+        "layers": layers,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "text": "held-out files of the corpus (lynx_ops/embedded/corpus.py) of Python "
+        + platform.python_version(),
+    }  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"spread {record['spread']}, skew {record['skew']} over {len(layers)} layers -> {out}")
+    for r in layers:
+        print(f"layer {r['layer']}: spread {r['spread']} skew {r['skew']} "
+              f"expert-mean std {r['expert_mean_logit_std']} distinct {r['distinct_experts_per_batch']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
