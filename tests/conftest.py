@@ -9,8 +9,15 @@ GPU is present); `cuda` needs a GPU; `vllm_cpu`/`vllm_gpu` start real vLLM.
 from __future__ import annotations
 
 import os
+import tempfile
 
-import torch
+# A private Inductor cache for this test session (engines started by tests inherit it): Inductor's
+# FX-graph cache does not key on a custom op's fake implementation, so compiled graphs left by an
+# earlier lynx_ops whose op returned other shapes would be reused and fail (seen after `touched`
+# grew from [4] to [5]).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lynx-tests-inductor-"))
+
+import torch  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
