@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-cache-mib", type=int, default=512)
     args = ap.parse_args(argv)
 
+    from lynx_ops.bench.cli import common_prefix
     from lynx_ops.bench.engine_job import run_in_subprocess
     from lynx_ops.bench.worker_ext import summarize
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     stock, lynx = results["stock"]["phases"][0], results["lynx"]["phases"][0]
     pairs = list(zip(stock["tokens"], lynx["tokens"], strict=True))
     same = sum(a == b for a, b in pairs)
-    agree = sum(_common_prefix(a, b) for a, b in pairs) / max(len(pairs), 1)
+    agree = sum(common_prefix(a, b) for a, b in pairs) / max(len(pairs), 1)
     summary = summarize(lynx.get("lynx", {}).get("layers", {}))
     total = args.batch * args.tokens
     print("\n                          stock        lynx")
@@ -98,12 +99,6 @@ def _router_origin(model: Path) -> str:
         return (f"trained ({info.get('steps')} steps on {info.get('device')}, load-balancing loss"
                 + (f", held-out loss {held:.2f}" if held is not None else "") + ")")  # fmt: skip
     return "trained (the checkpoint's own router weights)"
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    return next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-    )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 """Per-layer distinct-expert statistics, accumulated on the device with no host synchronisation.
 
 Each `lynx::remap` call returns `touched` ([5] int32, over the valid rows: distinct experts before
-and after, rows keeping their top-1 expert, valid rows, assignments moved). `ExpertStats.record(layer, touched)` adds
-it, plus a call count, in place into a
-fixed-address device buffer, so it is captured by CUDA graphs and keeps counting on every replay.
+and after, rows keeping their top-1 expert, valid rows, assignments moved).
+`ExpertStats.record(layer, touched)` adds it, plus a call count, in place into a fixed-address
+device buffer, so it is captured by CUDA graphs and keeps counting on every replay.
 `snapshot()` copies the buffer to the host (one sync) when someone asks.
 """
 

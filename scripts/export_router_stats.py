@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lynx_ops.embedded import MODEL_DIR, corpus  # noqa: E402
+from lynx_ops.registry import router_shape  # noqa: E402
 
 
 def main() -> None:
@@ -39,8 +40,7 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    config = model.config
-    top_k = config.num_experts_per_tok
+    num_experts, top_k = router_shape(model.config.to_dict())
     captured: dict[int, list[torch.Tensor]] = {}
     hooks = []
     for i, layer in enumerate(model.model.layers):
@@ -87,8 +87,7 @@ def main() -> None:
         })  # fmt: skip
     record = {
         "model": Path(args.model).name if Path(args.model) != MODEL_DIR else "embedded",
-        "num_experts": config.num_local_experts if hasattr(config, "num_local_experts")
-        else config.num_experts, "top_k": top_k,
+        "num_experts": num_experts, "top_k": top_k,
         "spread": round(sum(r["spread"] for r in layers) / len(layers), 4),
         "skew": round(sum(r["skew"] for r in layers) / len(layers), 4),
         "layers": layers,

@@ -202,7 +202,7 @@ def evaluate_checkpoint(model_dir: Path) -> None:
     seq_len = record.get("seq_len", 256)
     result = {}
     for split in ("heldout", "train"):
-        windows = token_windows(tok._tokenizer, corpus.files(split), eos, seq_len)
+        windows = token_windows(tok.backend_tokenizer, corpus.files(split), eos, seq_len)
         result[split] = round(mean_loss(model, windows, "cpu"), 4)
         print(f"{split}: {windows.numel()} tokens, loss {result[split]:.3f}", flush=True)
     record["evaluation"] = {

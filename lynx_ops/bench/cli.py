@@ -227,11 +227,15 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
               f"{(f'{ceil:.3f}' if ceil else '-'):>10} {(f'{eff:.2f}' if eff else '-'):>10} {bw:>12}")  # fmt: skip
 
 
-def _prefix_share(a: list[int], b: list[int]) -> float:
-    same = next(
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Tokens two outputs share before their first difference."""
+    return next(
         (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
     )
-    return same / max(len(a), 1)
+
+
+def _prefix_share(a: list[int], b: list[int]) -> float:
+    return common_prefix(a, b) / max(len(a), 1)
 
 
 def fidelity(args: argparse.Namespace) -> int:
@@ -277,20 +281,29 @@ def fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_setup(args: argparse.Namespace, prefix: str, max_tokens: int):
+    """What every `vllm serve` workload needs: output and work dirs, the model (a --shape written
+    as a dummy-weight config dir), prompt vocabulary, serve arguments, and whether gates are
+    re-drawn (dummy weights only)."""
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
+    serve_args = [f"--max-model-len={max_tokens + 16}", *args.serve_arg]
+    model, vocab, _, _ = _prepare_model(args, work)
+    if args.shape:
+        serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
+    realism = args.spread.lower() != "none" and bool(args.shape)
+    return out_dir, work, model, vocab, serve_args, realism
+
+
 def soak_cmd(args: argparse.Namespace) -> int:
     """Flag off, then on, each under the same mixed traffic; fails (exit 1) on any error, invalid
     response, dead server, or resident memory growing by more than 5% after warm-up."""
     from lynx_ops.bench import soak
 
-    args.router_source = None
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="lynx-soak-", dir=out_dir))
-    serve_args = [f"--max-model-len={args.max_input + args.max_output + 16}", *args.serve_arg]
-    model, vocab, _, _ = _prepare_model(args, work)
-    if args.shape:
-        serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
-    realism = args.spread.lower() != "none" and bool(args.shape)
+    out_dir, work, model, vocab, serve_args, realism = _serve_setup(
+        args, "lynx-soak-", args.max_input + args.max_output
+    )
     spec = {"minutes": args.minutes, "concurrency": args.concurrency, "vocab": vocab,
             "max_input": args.max_input, "max_output": args.max_output, "sample_s": 10.0,
             "spread": float(args.spread) if realism else None, "skew": args.skew}  # fmt: skip
@@ -321,14 +334,9 @@ def online_cmd(args: argparse.Namespace) -> int:
     from lynx_ops.bench import online
 
     _router_args(args)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="lynx-online-", dir=out_dir))
-    serve_args = [f"--max-model-len={args.input_len + args.output_len + 16}", *args.serve_arg]
-    model, vocab, _, _ = _prepare_model(args, work)
-    if args.shape:
-        serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
-    realism = args.spread.lower() != "none" and bool(args.shape)
+    out_dir, work, model, vocab, serve_args, realism = _serve_setup(
+        args, "lynx-online-", args.input_len + args.output_len
+    )
     router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
               else "checkpoint router" if args.model
               else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip

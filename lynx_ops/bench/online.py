@@ -81,6 +81,12 @@ class Server:
             "results"
         ]
 
+    def redraw_gates(self, spec: dict) -> dict | None:
+        """Router realism (dummy weights) in the workers, when the spec asks for it."""
+        if spec.get("spread") is None:
+            return None
+        return self.rpc("lynx_rescale_gates", str(spec["spread"]), str(spec["skew"]), "0")[0]
+
     def lynx_metrics(self, wait_s: float = 0.0) -> dict[str, Any]:
         """The Lynx families on the server's Prometheus /metrics, summed or averaged over layers;
         waits up to `wait_s` for the workers' first publication (VLLM_LYNX_METRICS_INTERVAL)."""
@@ -173,8 +179,7 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
         server.wait_ready()
         out: dict[str, Any] = {"rows": []}
         if spec.get("spread") is not None:
-            out["router"] = server.rpc("lynx_rescale_gates", str(spec["spread"]),
-                                       str(spec["skew"]), "0")[0]  # fmt: skip
+            out["router"] = server.redraw_gates(spec)
         asyncio.run(_run_rate(server.base, model, 1.0, 3.0, spec["input_len"], 8,
                               spec["vocab"], 99))  # warm-up  # fmt: skip
         for rate in spec["rates"]:

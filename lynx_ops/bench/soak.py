@@ -100,8 +100,7 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
     try:
         print(f"[{label}] starting vllm serve ...", flush=True)
         server.wait_ready()
-        if spec.get("spread") is not None:
-            server.rpc("lynx_rescale_gates", str(spec["spread"]), str(spec["skew"]), "0")
+        server.redraw_gates(spec)
         print(f"[{label}] {spec['minutes']} min of traffic, {spec['concurrency']} clients ...",
               flush=True)  # fmt: skip
         result = asyncio.run(_run(server, model, spec))

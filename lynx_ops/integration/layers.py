@@ -251,19 +251,24 @@ def _stats_loop(log_s: float, metrics_s: float) -> None:
     from lynx_ops.integration import metrics
 
     tick = min(v for v in (log_s, metrics_s) if v > 0)
-    previous: dict[str, tuple[int, ...]] = {}
+    previous: dict[int, dict[str, int]] = {}
     next_log = next_publish = time.monotonic()
     next_log += log_s
     while True:
         time.sleep(tick)
         now = time.monotonic()
+        publish = metrics_s > 0 and now >= next_publish
+        log = log_s > 0 and now >= next_log
+        if not (publish or log):
+            continue
         try:
-            if metrics_s > 0 and now >= next_publish:
+            rows = counters()  # one read of the device counters serves both
+            if publish:
                 next_publish = now + metrics_s
-                metrics.publish(counters())
-            if log_s > 0 and now >= next_log:
+                metrics.publish(rows)
+            if log:
                 next_log = now + log_s
-                line = stats_line(previous)
+                line = stats_line(previous, rows)
                 if line:
                     logger.info("[lynx] stats: %s", line)
         except Exception as e:  # never let telemetry take the worker down
@@ -285,23 +290,22 @@ def counters() -> list[dict[str, int]]:
     return rows
 
 
-def stats_line(previous: dict[str, tuple[int, ...]]) -> str | None:
-    """Decode remaps and mean distinct experts per layer since `previous` (updated in place)."""
+def stats_line(
+    previous: dict[int, dict[str, int]], rows: list[dict[str, int]] | None = None
+) -> str | None:
+    """Decode remaps, mean distinct experts per layer and the share of assignments moved since
+    `previous` (updated in place), from `counters()` rows (read now if not given)."""
     calls = before = after = layers_active = slots = moved = 0
-    for name, state in list(LAYERS.items()):
-        if state.stats is None:
-            continue
-        # buffer row: calls, before, after, rows keeping top-1, rows, assignments moved
-        current = tuple(int(v) for v in state.stats.buffer[0].tolist())
-        old = previous.get(name, (0,) * len(current))
-        previous[name] = current
-        delta = [a - b for a, b in zip(current, old, strict=True)]
-        if delta[0] > 0:
-            calls += delta[0]
-            before += delta[1]
-            after += delta[2]
-            slots += delta[4] * state.facts.top_k
-            moved += delta[5]
+    for row in counters() if rows is None else rows:
+        old = previous.get(row["layer"], {})
+        previous[row["layer"]] = row
+        delta = {k: row[k] - old.get(k, 0) for k in ("calls", "before", "after", "rows", "moved")}
+        if delta["calls"] > 0:
+            calls += delta["calls"]
+            before += delta["before"]
+            after += delta["after"]
+            slots += delta["rows"] * row["top_k"]
+            moved += delta["moved"]
             layers_active += 1
     if not calls:
         return None

@@ -84,6 +84,8 @@ class LynxCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        from lynx_ops.stats import LayerStats
+
         labels = ["layer", "worker"]
         families = {key: CounterMetricFamily(f"lynx_{name}", doc, labels=labels)
                     for name, doc, key in COUNTERS}  # fmt: skip
@@ -101,11 +103,13 @@ class LynxCollector:
                 values = [str(row["layer"]), str(worker["pid"])]
                 for _name, _doc, key in COUNTERS:
                     families[key].add_metric(values, row[key])
-                if row["calls"]:
-                    before.add_metric(values, row["before"] / row["calls"])
-                    after.add_metric(values, row["after"] / row["calls"])
-                if row["rows"] and row["top_k"]:
-                    share.add_metric(values, row["moved"] / (row["rows"] * row["top_k"]))
+                stats = LayerStats(row["layer"], row["calls"], row["before"], row["after"],
+                                   row["top1"], row["rows"], row["moved"])  # fmt: skip
+                if stats.calls:
+                    before.add_metric(values, stats.mean_before)
+                    after.add_metric(values, stats.mean_after)
+                if stats.rows and row["top_k"]:
+                    share.add_metric(values, stats.moved_share(row["top_k"]))
         yield from families.values()
         yield from (before, after, share)
 
