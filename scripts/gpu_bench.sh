@@ -9,15 +9,18 @@ export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROC
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
 SHAPES=("$@"); [ ${#SHAPES[@]} -gt 0 ] || SHAPES=(qwen3-moe mixtral qwen2-moe deepseek-v2-lite)
 for shape in "${SHAPES[@]}"; do
+  # Ceilings span the expert counts Lynx reaches; layers are the full depth where the bf16 weights
+  # fit an 80 GB GPU (Mixtral-8x7B's 32 layers take 94 GB: half of them).
   case "$shape" in
-    qwen3-moe) ceil="16 32 64 96" ;;   # E=128
-    mixtral) ceil="2 4 6" ;;            # E=8
-    qwen2-moe) ceil="8 16 32 48" ;;     # E=60
-    deepseek-v2-lite) ceil="8 16 32 48" ;;  # E=64
-    *) ceil="" ;;
+    qwen3-moe) ceil="16 32 64"; layers=48 ;;          # E=128 k=8
+    mixtral) ceil="2 4 6"; layers=16 ;;               # E=8 k=2
+    qwen2-moe) ceil="8 16 32"; layers=24 ;;           # E=60 k=4
+    deepseek-v2-lite) ceil="8 16 32"; layers=27 ;;    # E=64 k=6
+    *) ceil=""; layers="" ;;
   esac
-  python3 -m lynx_ops.bench.cli offline --shape "$shape" ${LYNX_LAYERS:+--layers $LYNX_LAYERS} \
-    --batches ${LYNX_BATCHES:-1 8 16 32 64 128} --input-len 128 --output-len ${LYNX_OUTPUT_LEN:-64} \
-    --repeats ${LYNX_REPEATS:-3} --ceiling $ceil --engine-arg gpu_memory_utilization=0.85 \
-    --out "$OUT/$shape" 2>&1 | tee "$OUT/$shape.log" | grep -v "repeat"
+  layers="${LYNX_LAYERS:-$layers}"
+  python3 -m lynx_ops.bench.cli offline --shape "$shape" ${layers:+--layers $layers} \
+    --batches ${LYNX_BATCHES:-1 8 16 32 64} --input-len 128 --output-len ${LYNX_OUTPUT_LEN:-64} \
+    --repeats ${LYNX_REPEATS:-3} --ceiling ${LYNX_CEILING:-$ceil} \
+    --engine-arg gpu_memory_utilization=0.85 --out "$OUT/$shape" 2>&1 | tee "$OUT/$shape.log" | grep -v "repeat"
 done

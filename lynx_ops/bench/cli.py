@@ -138,16 +138,23 @@ def offline(args: argparse.Namespace) -> int:
     router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
               else "checkpoint router" if args.load_format != "dummy"
               else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
-    runs = {"stock": _run_worker("stock", spec, {}, work),
-            "lynx": _run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work)}  # fmt: skip
+    workload = json.loads(json.dumps(_comparable(spec, args)))  # as it reads back from JSON
+    reused = _load_reuse(args.reuse, workload) if args.reuse else {}
+
+    def run(label: str, env_extra: dict[str, str]) -> dict:
+        if label in reused:
+            print(f"[{label}] reused from {args.reuse}", flush=True)
+            return reused[label]
+        return _run_worker(label, spec, env_extra, work)
+
+    runs = {"stock": run("stock", {}), "lynx": run("lynx", {"VLLM_LYNX_ENABLED": "1"})}
     if args.stock_again:
         # Stock, Lynx, stock: the two stock engines bracket Lynx, so their mean cancels a linear
         # drift of the machine and their difference is the run's noise floor.
-        runs["stock_again"] = _run_worker("stock_again", spec, {}, work)
+        runs["stock_again"] = run("stock_again", {})
     ceiling: dict[int, dict[int, float]] = {}
     for k in args.ceiling:
-        res = _run_worker(f"ceiling{k}", spec,
-                          {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CEILING_EXPERTS": str(k)}, work)  # fmt: skip
+        res = run(f"ceiling{k}", {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CEILING_EXPERTS": str(k)})
         runs[f"ceiling{k}"] = res
         ceiling[k] = {r["batch"]: r["tpot_ms_median"] for r in res["rows"]
                       if r["tpot_ms_median"] is not None}  # fmt: skip
@@ -181,7 +188,9 @@ def offline(args: argparse.Namespace) -> int:
             row["ceiling_tpot_ms_at_lynx_experts"] = ceil
             row["mechanism_efficiency"] = ceil / lynx_tpot
         rows.append({**row, **prov})
-    (out_dir / "results.json").write_text(json.dumps({"runs": runs, "rows": rows}, indent=1))
+    (out_dir / "results.json").write_text(
+        json.dumps({"workload": workload, "runs": runs, "rows": rows}, indent=1)
+    )
     write_csv(out_dir / "results.csv", rows)
     _print_table(rows, router, prov)
     try:
@@ -193,6 +202,26 @@ def offline(args: argparse.Namespace) -> int:
         pass
     print(f"results: {out_dir / 'results.csv'}  logs: {work}")
     return 0
+
+
+def _comparable(spec: dict, args: argparse.Namespace) -> dict:
+    """What makes two offline runs the same workload: the spec without its model directory (a
+    fresh temporary path each time) plus where the model came from."""
+    return {**{k: v for k, v in spec.items() if k != "model"},
+            "source": args.shape or args.model, "layers": args.layers, "tiny": args.tiny}  # fmt: skip
+
+
+def _load_reuse(path: str, workload: dict) -> dict[str, dict]:
+    """Runs from an earlier results.json of the same workload, so one comparison can span calls
+    (a GPU call is capped at 10 minutes; seven 48-layer engines do not fit one)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--reuse {path}: cannot read it ({e})") from e
+    if earlier.get("workload") != workload:
+        raise SystemExit(f"--reuse {path}: recorded for a different workload "
+                         f"({earlier.get('workload')} vs {workload})")  # fmt: skip
+    return earlier["runs"]
 
 
 def _stock_tpot(stock: dict, again: dict | None) -> float | None:
@@ -414,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                           "reference is their mean and their difference the noise floor")  # fmt: skip
     off.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="extra LLM(...) argument, e.g. enforce_eager=true")  # fmt: skip
+    off.add_argument("--reuse", metavar="RESULTS_JSON",
+                     help="take runs already in an earlier results.json of the same workload "
+                          "(same flags) instead of running them again")  # fmt: skip
     off.add_argument("--out", default="perf/results/lynx-bench")
     fid = sub.add_parser("fidelity", help="decode-phase log-likelihood and greedy agreement")
     fid.add_argument("--model", default=None, help="local checkpoint (default: the embedded one)")

@@ -40,7 +40,9 @@ FAMILIES = {  # shape name -> (layers, engine extras)
 IDENTITY = {"qwen2-moe", "qwen3-moe"}
 SELECTED = [f for f in os.environ.get("LYNX_GPU_FAMILIES", ",".join(FAMILIES)).split(",") if f]
 BATCH, DECODE = 32, 16
-ENGINE = {"max_model_len": 1024, "gpu_memory_utilization": 0.85, "max_num_seqs": 64}
+# LYNX_GPU_MEM lowers the share when other work (training, the op's CUDA tier) shares the GPU.
+ENGINE = {"max_model_len": 1024, "max_num_seqs": 64,
+          "gpu_memory_utilization": float(os.environ.get("LYNX_GPU_MEM", "0.85"))}  # fmt: skip
 
 
 def _spec(model_dir: Path, extra: dict) -> dict:

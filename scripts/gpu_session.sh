@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# One GPU session as background jobs, so that device time is spent on work rather than on call limits
+# (a call runs at most 10 minutes, a machine stays warm while calls follow each other within 30 s).
+#
+#   early  (with the first devkit chunk): copy the tree to /tmp/lynx-repo; start the embedded-model
+#          training and the op's CUDA tier (neither needs vLLM; they share the GPU, neither is timed).
+#   chain  (with the last chunk, after `source .devkit/env.sh`): install lynx-ops from /tmp/lynx-repo;
+#          the vllm_gpu family tier (alongside training and tests: correctness only, less GPU memory);
+#          then, once the GPU is quiet, the kernel latency table, and the offline benchmarks per
+#          shape in $LYNX_BENCH_SHAPES (timed runs never overlap other GPU work).
+#   collect [SECONDS]: wait up to SECONDS for the chain, then pack what exists into $OUT
+#          (results.tgz, plus the trained model in 15 MB parts: a call returns files up to 16 MiB).
+set -uo pipefail
+cmd="${1:?early | chain | collect [seconds]}"
+REPO=/tmp/lynx-repo RES=/tmp/lynx-res
+mkdir -p "$RES"
+export PYTHONUNBUFFERED=1
+
+case "$cmd" in
+early)
+  rm -rf "$REPO" && mkdir -p "$REPO" && cp -a . "$REPO/" && rm -rf "$REPO/.devkit"
+  cd "$REPO" || exit 1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RES/gpu.txt"
+  setsid nohup python3 scripts/train_embedded_model.py --minutes "${LYNX_TRAIN_MINUTES:-3}" \
+    --out /tmp/emb > "$RES/train.log" 2>&1 < /dev/null &
+  echo $! > "$RES/train.pid"
+  setsid nohup env LYNX_CORE_LATENCY=0 OUT="$RES/core" bash scripts/gpu_core.sh \
+    > "$RES/core.log" 2>&1 < /dev/null &
+  echo $! > "$RES/core.pid"
+  echo "early: training (pid $(cat "$RES/train.pid")) and CUDA tier (pid $(cat "$RES/core.pid")) started"
+  ;;
+chain)
+  cd "$REPO" || exit 1
+  export PYTHONPATH="/tmp/lynx-site:$REPO"
+  cat > "$RES/chain.sh" <<'EOF'
+set -uo pipefail
+waitpid() { while kill -0 "$(cat "$1")" 2>/dev/null; do sleep 5; done; }
+step() { echo "$(date -u +%T) $*" >> "$RES/chain.steps"; }
+step plugin-tier
+LYNX_GPU_MEM=0.5 OUT="$RES/plugin" bash scripts/gpu_plugin.sh > "$RES/plugin.log" 2>&1
+step wait-training-and-tests; waitpid "$RES/train.pid"; waitpid "$RES/core.pid"
+step latency
+python3 perf/bench_kernel.py --out "$RES/kernel_latency.csv" > "$RES/bench_kernel.log" 2>&1
+for shape in ${LYNX_BENCH_SHAPES:-qwen3-moe}; do
+  step "bench $shape"
+  OUT="$RES/bench" bash scripts/gpu_bench.sh "$shape" > "$RES/bench_$shape.log" 2>&1
+  if [ "$shape" = qwen3-moe ] && [ "${LYNX_SWEEP:-1}" = 1 ]; then
+    step "sweep qwen3"
+    python3 perf/bench_kernel.py --sweep --repeats 20 --shapes qwen3 \
+      --out "$RES/kernel_sweep.csv" > "$RES/bench_sweep.log" 2>&1
+  fi
+done
+step done
+EOF
+  RES="$RES" setsid nohup bash "$RES/chain.sh" > "$RES/chain.log" 2>&1 < /dev/null &
+  echo $! > "$RES/chain.pid"
+  echo "chain started (pid $!)"
+  ;;
+collect)
+  deadline=$(( $(date +%s) + ${2:-0} ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    grep -q " done$" "$RES/chain.steps" 2>/dev/null && break
+    sleep 5
+  done
+  OUT="${OUT:?}"
+  cat "$RES/chain.steps" 2>/dev/null
+  tail -3 "$RES/train.log" 2>/dev/null
+  grep -h "passed\|failed\|exit:" "$RES/core/cuda_tests.log" "$RES/core.log" 2>/dev/null | tail -3
+  tail -12 "$RES/plugin.log" 2>/dev/null
+  # Everything but the model weights and vLLM's temporary model directories, in one file.
+  tar czf "$OUT/results.tgz" -C "$RES" --exclude='model' --exclude='*.pid' . 2>/dev/null
+  if [ -f /tmp/emb/training.json ] && ! kill -0 "$(cat "$RES/train.pid")" 2>/dev/null; then
+    tar cf - -C /tmp emb | split -b 15000000 - "$OUT/emb.tar.part_"
+  fi
+  ls -la "$OUT"
+  ;;
+esac
