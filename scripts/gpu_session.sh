@@ -4,9 +4,11 @@
 # (a call runs at most 10 minutes, a machine stays warm while calls follow each other within 30 s).
 #
 #   early  (with the first devkit chunk): copy the tree to /tmp/lynx-repo; start the embedded-model
-#          training and the op's CUDA tier (neither needs vLLM; they share the GPU, neither is timed).
+#          training (LYNX_TRAIN_MINUTES=0: none) and the op's CUDA tier (LYNX_CUDA_TIER=0: none);
+#          neither needs vLLM, they share the GPU, neither is timed.
 #   chain  (with the last chunk, after `source .devkit/env.sh`): install lynx-ops from /tmp/lynx-repo;
-#          the vllm_gpu family tier (alongside training and tests: correctness only, less GPU memory);
+#          the vllm_gpu family tier (alongside training and tests: correctness only, less GPU memory;
+#          LYNX_PLUGIN_TIER=0 skips it, LYNX_GPU_FAMILIES picks families);
 #          then, once the GPU is quiet, the kernel latency table, and the offline benchmarks per
 #          shape in $LYNX_BENCH_SHAPES (timed runs never overlap other GPU work).
 #   collect [SECONDS]: wait up to SECONDS for the chain, then pack what exists into $OUT
@@ -22,13 +24,17 @@ early)
   rm -rf "$REPO" && mkdir -p "$REPO" && cp -a . "$REPO/" && rm -rf "$REPO/.devkit"
   cd "$REPO" || exit 1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RES/gpu.txt"
-  setsid nohup python3 scripts/train_embedded_model.py --minutes "${LYNX_TRAIN_MINUTES:-3}" \
-    --out /tmp/emb > "$RES/train.log" 2>&1 < /dev/null &
-  echo $! > "$RES/train.pid"
-  setsid nohup env LYNX_CORE_LATENCY=0 OUT="$RES/core" bash scripts/gpu_core.sh \
-    > "$RES/core.log" 2>&1 < /dev/null &
-  echo $! > "$RES/core.pid"
-  echo "early: training (pid $(cat "$RES/train.pid")) and CUDA tier (pid $(cat "$RES/core.pid")) started"
+  if [ "${LYNX_TRAIN_MINUTES:-3}" != 0 ]; then
+    setsid nohup python3 scripts/train_embedded_model.py --minutes "${LYNX_TRAIN_MINUTES:-3}" \
+      --out /tmp/emb > "$RES/train.log" 2>&1 < /dev/null &
+    echo $! > "$RES/train.pid"
+  fi
+  if [ "${LYNX_CUDA_TIER:-1}" = 1 ]; then
+    setsid nohup env LYNX_CORE_LATENCY=0 OUT="$RES/core" bash scripts/gpu_core.sh \
+      > "$RES/core.log" 2>&1 < /dev/null &
+    echo $! > "$RES/core.pid"
+  fi
+  echo "early: started $(cd "$RES" && ls ./*.pid 2>/dev/null | tr '\n' ' ')"
   ;;
 chain)
   cd "$REPO" || exit 1
@@ -37,9 +43,12 @@ chain)
 set -uo pipefail
 waitpid() { while kill -0 "$(cat "$1")" 2>/dev/null; do sleep 5; done; }
 step() { echo "$(date -u +%T) $*" >> "$RES/chain.steps"; }
-step plugin-tier
-LYNX_GPU_MEM=0.5 OUT="$RES/plugin" bash scripts/gpu_plugin.sh > "$RES/plugin.log" 2>&1
-step wait-training-and-tests; waitpid "$RES/train.pid"; waitpid "$RES/core.pid"
+if [ "${LYNX_PLUGIN_TIER:-1}" = 1 ]; then  # LYNX_GPU_FAMILIES picks a subset
+  step plugin-tier
+  LYNX_GPU_MEM=0.5 OUT="$RES/plugin" bash scripts/gpu_plugin.sh > "$RES/plugin.log" 2>&1
+fi
+step wait-training-and-tests
+for f in "$RES/train.pid" "$RES/core.pid"; do [ -f "$f" ] && waitpid "$f"; done
 step latency
 python3 perf/bench_kernel.py --out "$RES/kernel_latency.csv" > "$RES/bench_kernel.log" 2>&1
 for shape in ${LYNX_BENCH_SHAPES:-qwen3-moe}; do
@@ -70,7 +79,7 @@ collect)
   tail -12 "$RES/plugin.log" 2>/dev/null
   # Everything but the model weights and vLLM's temporary model directories, in one file.
   tar czf "$OUT/results.tgz" -C "$RES" --exclude='model' --exclude='*.pid' . 2>/dev/null
-  if [ -f /tmp/emb/training.json ] && ! kill -0 "$(cat "$RES/train.pid")" 2>/dev/null; then
+  if [ -f /tmp/emb/training.json ] && ! kill -0 "$(cat "$RES/train.pid" 2>/dev/null)" 2>/dev/null; then
     tar cf - -C /tmp emb | split -b 15000000 - "$OUT/emb.tar.part_"
   fi
   ls -la "$OUT"

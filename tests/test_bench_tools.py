@@ -84,3 +84,32 @@ def test_router_stats_file_sets_spread_and_skew(tmp_path):
     bad.write_text("[]")
     with pytest.raises(SystemExit, match="not a router statistics file"):
         router_realism.load_stats(str(bad))
+
+
+def test_git_sha_prefers_the_explicit_variable(monkeypatch):
+    """A copied tree (the GPU machine's) can carry a stale .git: LYNX_GIT_SHA must win over it."""
+    from lynx_ops.bench import provenance
+
+    monkeypatch.setenv("LYNX_GIT_SHA", "0123456789ab")
+    assert provenance._git_sha() == "0123456789ab"
+    monkeypatch.delenv("LYNX_GIT_SHA")
+    assert provenance._git_sha() != "0123456789ab"
+
+
+def test_redraw_zeroes_additive_biases_but_keeps_the_selection_bias():
+    """Dummy biases are shared by every token; the DeepSeek-V3 correction bias is routing."""
+    import torch
+
+    model = torch.nn.Module()
+    model.proj = torch.nn.Linear(4, 4, bias=True)
+    model.experts = torch.nn.Module()
+    model.experts.w13_bias = torch.nn.Parameter(torch.ones(2, 8))
+    model.gate = torch.nn.Module()
+    model.gate.e_score_correction_bias = torch.nn.Parameter(torch.ones(8))
+    torch.nn.init.constant_(model.proj.bias, 0.5)
+    weight = model.proj.weight.detach().clone()
+
+    assert router_realism.zero_additive_biases(model) == 2
+    assert not model.proj.bias.any() and not model.experts.w13_bias.any()
+    assert torch.equal(model.gate.e_score_correction_bias, torch.ones(8))
+    assert torch.equal(model.proj.weight, weight)

@@ -171,6 +171,19 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     counted = (stats.experts_before, stats.experts_after, stats.rows_keeping_top1, stats.rows,
                stats.assignments_moved)  # fmt: skip
     assert counted == tuple(want[2].tolist())
+
+    # One row (batch-1 decode): the remap is the identity there (checked on the reference), so
+    # route() skips the op, says why, and counts no remap.
+    ctx.attn_metadata["attn"].max_query_len = 1
+    ctx.attn_metadata["attn"].query_start_loc = torch.tensor([0, 1], dtype=torch.int32)
+    x1, w1, ids1 = x[:1], w[:1], ids[:1]
+    ref_w, ref_ids, _ = remap_ref(x1, w1, ids1, torch.tensor([1]), None, *state.op_args())
+    assert torch.equal(ref_ids, ids1) and torch.equal(ref_w, w1)
+    layers.DECISIONS.clear()
+    one_w, one_ids, remapped = layers.route(state, x1, w1, ids1)
+    assert not remapped and one_w is w1 and one_ids is ids1
+    assert layers.DECISIONS == {layers.SINGLE_ROW: 1}
+    assert state.stats.snapshot()[0].calls == 1
     layers.LAYERS.clear()
 
 

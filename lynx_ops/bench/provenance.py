@@ -19,6 +19,9 @@ def _version(dist: str) -> str:
 
 
 def _git_sha() -> str:
+    # An explicit LYNX_GIT_SHA wins: a copied tree (the GPU machine's) may carry a stale .git.
+    if os.environ.get("LYNX_GIT_SHA"):
+        return os.environ["LYNX_GIT_SHA"]
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
