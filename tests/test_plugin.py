@@ -184,6 +184,16 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     assert not remapped and one_w is w1 and one_ids is ids1
     assert layers.DECISIONS == {layers.SINGLE_ROW: 1}
     assert state.stats.snapshot()[0].calls == 1
+
+    # The benchmark's ceiling (VLLM_LYNX_CEILING_EXPERTS=K): k consecutive experts mod K from each
+    # row's top-1, so a row keeps k distinct experts and the batch reads at most K.
+    ctx.attn_metadata["attn"].query_start_loc = qsl
+    state.ceiling = 16
+    c_w, c_ids, remapped = layers.route(state, x, w, ids)
+    assert remapped and c_w is w
+    assert torch.equal(c_ids[:, 0], ids[:, 0] % 16)
+    assert all(len(set(row)) == 8 for row in c_ids.tolist())
+    assert int(c_ids.max()) < 16 and len(set(c_ids.flatten().tolist())) <= 16
     layers.LAYERS.clear()
 
 

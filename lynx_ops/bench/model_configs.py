@@ -188,6 +188,10 @@ _TINY = {
                   "vocab_size": 2048},
     "mixtral": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048},
+    # Biases on every projection, like the real one (what the gate re-draw must neutralise).
+    "gpt-oss": {"hidden_size": 256, "intermediate_size": 256, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+                "vocab_size": 2048, "layer_types": ["sliding_attention", "full_attention"] * 2},
 }  # fmt: skip
 
 

