@@ -113,3 +113,16 @@ def test_redraw_zeroes_additive_biases_but_keeps_the_selection_bias():
     assert not model.proj.bias.any() and not model.experts.w13_bias.any()
     assert torch.equal(model.gate.e_score_correction_bias, torch.ones(8))
     assert torch.equal(model.proj.weight, weight)
+
+
+def test_table_marks_rows_without_a_remap_and_without_nvml(capsys):
+    """A batch of one row skips the op: no expert counts; a CPU host has no NVML: no bandwidth."""
+    from lynx_ops.bench.cli import _print_table
+
+    row = {"batch": 1, "stock_tpot_ms_reference": 54.4, "stock_noise_pct": 11.0,
+           "lynx_tpot_ms_median": 54.0, "speedup_tpot": 54.4 / 54.0}  # fmt: skip
+    _print_table([row, {**row, "batch": 16, "lynx_experts_before": 44.0,
+                        "lynx_experts_after": 9.6}], "r", dict.fromkeys(("gpu", "vllm", "lynx_ops", "git_sha"), "x"))  # fmt: skip
+    one, sixteen = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert "- (no remap)" in one and "nan" not in one and one.endswith("-/-")
+    assert "44.0 -> 9.6" in sixteen and "1.01x" in sixteen

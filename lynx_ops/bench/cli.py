@@ -234,6 +234,11 @@ def _num(value: float | None, spec: str) -> str:
     return "invalid" if value is None else format(value, spec)
 
 
+def _opt(value: float | None, spec: str) -> str:
+    """A value that may be absent (no NVML on the machine, no remap): '-'."""
+    return "-" if value is None else format(value, spec)
+
+
 def _print_table(rows: list[dict], router: str, prov: dict) -> None:
     print(f"\nrouter: {router}; {prov['gpu']}, vLLM {prov['vllm']}, lynx_ops {prov['lynx_ops']} "
           f"@ {prov['git_sha']}")  # fmt: skip
@@ -242,11 +247,14 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
             f"{'mem-bw % s/L':>12}")  # fmt: skip
     print(head)
     for r in rows:
-        experts = (f"{r.get('lynx_experts_before', float('nan')):.1f} -> "
-                   f"{r.get('lynx_experts_after', float('nan')):.1f}")  # fmt: skip
+        # No expert counts: no step remapped (a batch of one row skips the op, the identity there).
+        experts = (f"{_opt(r.get('lynx_experts_before'), '.1f')} -> "
+                   f"{_opt(r.get('lynx_experts_after'), '.1f')}"
+                   if r.get("lynx_experts_before") is not None else "- (no remap)")  # fmt: skip
         ceil = r.get("ceiling_tpot_ms_at_lynx_experts")
         eff = r.get("mechanism_efficiency")
-        bw = f"{r.get('stock_mem_bw_util_pct', float('nan')):.0f}/{r.get('lynx_mem_bw_util_pct', float('nan')):.0f}"
+        bw = (f"{_opt(r.get('stock_mem_bw_util_pct'), '.0f')}/"
+              f"{_opt(r.get('lynx_mem_bw_util_pct'), '.0f')}")  # fmt: skip
         noise = r.get("stock_noise_pct")
         speedup = r["speedup_tpot"]
         print(f"{r['batch']:>4} {_num(r['stock_tpot_ms_reference'], '.3f'):>13} "
