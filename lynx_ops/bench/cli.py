@@ -235,7 +235,7 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def _opt(value: float | None, spec: str) -> str:
-    """A value that may be absent (no NVML on the machine, no remap): '-'."""
+    """A value that may be absent (no NVML on the machine): '-'."""
     return "-" if value is None else format(value, spec)
 
 
@@ -248,9 +248,8 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
     print(head)
     for r in rows:
         # No expert counts: no step remapped (a batch of one row skips the op, the identity there).
-        experts = (f"{_opt(r.get('lynx_experts_before'), '.1f')} -> "
-                   f"{_opt(r.get('lynx_experts_after'), '.1f')}"
-                   if r.get("lynx_experts_before") is not None else "- (no remap)")  # fmt: skip
+        before, after = r.get("lynx_experts_before"), r.get("lynx_experts_after")
+        experts = "- (no remap)" if before is None else f"{before:.1f} -> {after:.1f}"
         ceil = r.get("ceiling_tpot_ms_at_lynx_experts")
         eff = r.get("mechanism_efficiency")
         bw = (f"{_opt(r.get('stock_mem_bw_util_pct'), '.0f')}/"

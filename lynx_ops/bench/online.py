@@ -178,8 +178,8 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
         print(f"[{label}] starting vllm serve ...", flush=True)
         server.wait_ready()
         out: dict[str, Any] = {"rows": []}
-        if spec.get("spread") is not None:
-            out["router"] = server.redraw_gates(spec)
+        if (router := server.redraw_gates(spec)) is not None:
+            out["router"] = router
         asyncio.run(_run_rate(server.base, model, 1.0, 3.0, spec["input_len"], 8,
                               spec["vocab"], 99))  # warm-up  # fmt: skip
         for rate in spec["rates"]:

@@ -343,7 +343,7 @@ def route(
         _announce(state)
     reason = ph.reason
     num_rows = topk_ids.shape[0]
-    if ph.rows is not None and num_rows == 1 and isinstance(num_rows, int) and not state.ceiling:
+    if ph.rows is not None and isinstance(num_rows, int) and num_rows == 1 and not state.ceiling:
         # One row (batch-1 decode, or its captured graph): the remap is the identity there, so the
         # op would only cost time (on an H100, 0.5 ms a step over 48 layers at batch 1).
         reason = SINGLE_ROW
