@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48, help="tokens generated per prompt")
     ap.add_argument("--kv-cache-mib", type=int, default=512)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None,
+                    help="vLLM's startup check of free GPU memory (default: vLLM's, 0.9); the KV "
+                         "cache is --kv-cache-mib either way. Lower it on a shared GPU")  # fmt: skip
     args = ap.parse_args(argv)
 
     from lynx_ops.bench.cli import common_prefix
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             "phases": [{"name": "generate", "max_tokens": args.tokens}],
             "engine": {"max_model_len": 1024, "max_num_seqs": max(args.batch, 1),
                        "kv_cache_memory_bytes": args.kv_cache_mib * 2**20}}  # fmt: skip
+    if args.gpu_memory_utilization is not None:
+        if not 0 < args.gpu_memory_utilization <= 1:
+            ap.error("--gpu-memory-utilization must be in (0, 1]")
+        spec["engine"]["gpu_memory_utilization"] = args.gpu_memory_utilization
     print(f"[lynx compare] router: {_router_origin(Path(args.model))}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-compare-"))
     results = {}

@@ -6,7 +6,7 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/lynx-out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
+[ "${LYNX_SKIP_INSTALL:-0}" = 1 ] || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
 SHAPES=("$@"); [ ${#SHAPES[@]} -gt 0 ] || SHAPES=(qwen3-moe mixtral qwen2-moe deepseek-v2-lite)
 for shape in "${SHAPES[@]}"; do
   # Ceilings span the expert counts Lynx reaches; layers are the full depth where the bf16 weights

@@ -6,7 +6,7 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/lynx-out}"; mkdir -p "$OUT"
 export LYNX_RESULTS_DIR="$OUT" PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
-python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
+[ "${LYNX_SKIP_INSTALL:-0}" = 1 ] || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -m pytest tests/vllm_gpu -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs \
   2>&1 | tee "$OUT/vllm_gpu.log" | tail -30

@@ -6,11 +6,10 @@
 #   early  (with the first devkit chunk): copy the tree to /tmp/lynx-repo; start the embedded-model
 #          training (LYNX_TRAIN_MINUTES=0: none) and the op's CUDA tier (LYNX_CUDA_TIER=0: none);
 #          neither needs vLLM, they share the GPU, neither is timed.
-#   chain  (with the last chunk, after `source .devkit/env.sh`): install lynx-ops from /tmp/lynx-repo;
-#          the vllm_gpu family tier (alongside training and tests: correctness only, less GPU memory;
-#          LYNX_PLUGIN_TIER=0 skips it, LYNX_GPU_FAMILIES picks families);
-#          then, once the GPU is quiet, the kernel latency table, and the offline benchmarks per
-#          shape in $LYNX_BENCH_SHAPES (timed runs never overlap other GPU work).
+#   chain  (with the last chunk, after `source .devkit/env.sh`): scripts/gpu_chain.sh in the tree
+#          copy, in the background: install lynx-ops; in parallel the vllm_gpu tier per family, the
+#          serving quickstart and the main job; then, once the GPU is quiet, the timed benchmarks
+#          (its header lists the switches).
 #   collect [SECONDS]: wait up to SECONDS for the chain, then pack what exists into $OUT
 #          (results.tgz, plus the trained model in 15 MB parts: a call returns files up to 16 MiB).
 set -uo pipefail
@@ -39,30 +38,7 @@ early)
 chain)
   cd "$REPO" || exit 1
   export PYTHONPATH="/tmp/lynx-site:$REPO"
-  cat > "$RES/chain.sh" <<'EOF'
-set -uo pipefail
-waitpid() { while kill -0 "$(cat "$1")" 2>/dev/null; do sleep 5; done; }
-step() { echo "$(date -u +%T) $*" >> "$RES/chain.steps"; }
-if [ "${LYNX_PLUGIN_TIER:-1}" = 1 ]; then  # LYNX_GPU_FAMILIES picks a subset
-  step plugin-tier
-  LYNX_GPU_MEM=0.5 OUT="$RES/plugin" bash scripts/gpu_plugin.sh > "$RES/plugin.log" 2>&1
-fi
-step wait-training-and-tests
-for f in "$RES/train.pid" "$RES/core.pid"; do [ -f "$f" ] && waitpid "$f"; done
-step latency
-python3 perf/bench_kernel.py --out "$RES/kernel_latency.csv" > "$RES/bench_kernel.log" 2>&1
-for shape in ${LYNX_BENCH_SHAPES:-qwen3-moe}; do
-  step "bench $shape"
-  OUT="$RES/bench" bash scripts/gpu_bench.sh "$shape" > "$RES/bench_$shape.log" 2>&1
-  if [ "$shape" = qwen3-moe ] && [ "${LYNX_SWEEP:-1}" = 1 ]; then
-    step "sweep qwen3"
-    python3 perf/bench_kernel.py --sweep --repeats 20 --shapes qwen3 \
-      --out "$RES/kernel_sweep.csv" > "$RES/bench_sweep.log" 2>&1
-  fi
-done
-step done
-EOF
-  RES="$RES" setsid nohup bash "$RES/chain.sh" > "$RES/chain.log" 2>&1 < /dev/null &
+  RES="$RES" setsid nohup bash scripts/gpu_chain.sh > "$RES/chain.log" 2>&1 < /dev/null &
   echo $! > "$RES/chain.pid"
   echo "chain started (pid $!)"
   ;;

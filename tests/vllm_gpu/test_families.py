@@ -48,8 +48,12 @@ IDENTITY = {"qwen2-moe", "qwen3-moe"}
 SELECTED = [f for f in os.environ.get("LYNX_GPU_FAMILIES", ",".join(FAMILIES)).split(",") if f]
 BATCH, DECODE = 32, 16
 # LYNX_GPU_MEM lowers the share when other work (training, the op's CUDA tier) shares the GPU.
+# LYNX_GPU_KV_MIB fixes the KV cache instead, which skips vLLM's memory profiling: that profiling
+# fails when another process on the GPU frees memory meanwhile (several families in parallel).
 ENGINE = {"max_model_len": 1024, "max_num_seqs": 64,
           "gpu_memory_utilization": float(os.environ.get("LYNX_GPU_MEM", "0.85"))}  # fmt: skip
+if os.environ.get("LYNX_GPU_KV_MIB"):
+    ENGINE["kv_cache_memory_bytes"] = int(os.environ["LYNX_GPU_KV_MIB"]) * 2**20
 
 
 def _spec(model_dir: Path, extra: dict) -> dict:
