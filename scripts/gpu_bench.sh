@@ -19,8 +19,12 @@ for shape in "${SHAPES[@]}"; do
     *) ceil=""; layers="" ;;
   esac
   layers="${LYNX_LAYERS:-$layers}"
+  ceil="${LYNX_CEILING:-$ceil}"; [ "$ceil" = none ] && ceil=""
+  # LYNX_ENGINE_ARGS: extra vLLM engine args (e.g. "quantization=fp8"); LYNX_BENCH_TAG names the run.
+  extra=(); for kv in ${LYNX_ENGINE_ARGS:-}; do extra+=(--engine-arg "$kv"); done
+  name="$shape${LYNX_BENCH_TAG:+_$LYNX_BENCH_TAG}"
   python3 -m lynx_ops.bench.cli offline --shape "$shape" ${layers:+--layers $layers} \
     --batches ${LYNX_BATCHES:-1 8 16 32 64} --input-len 128 --output-len ${LYNX_OUTPUT_LEN:-64} \
-    --repeats ${LYNX_REPEATS:-3} --ceiling ${LYNX_CEILING:-$ceil} \
-    --engine-arg gpu_memory_utilization=0.85 --out "$OUT/$shape" 2>&1 | tee "$OUT/$shape.log" | grep -v "repeat"
+    --repeats ${LYNX_REPEATS:-3} ${ceil:+--ceiling $ceil} "${extra[@]}" \
+    --engine-arg gpu_memory_utilization=0.85 --out "$OUT/$name" 2>&1 | tee "$OUT/$name.log" | grep -v "repeat"
 done

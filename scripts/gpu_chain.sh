@@ -11,8 +11,9 @@
 #   - the main job, `python -m lynx_ops.demo` (LYNX_DEMO=0: not).
 # Then it waits for the early jobs (training, the op's CUDA tier).
 # Phase B, timed, one at a time on a quiet GPU: the kernel latency table (LYNX_LATENCY=0: not),
-# the offline benchmarks per shape in LYNX_BENCH_SHAPES (with the kernel sweep after qwen3-moe
-# unless LYNX_SWEEP=0) and the fused-MoE config question per shape in LYNX_MOE_CONFIG_SHAPES.
+# the fused-MoE config question per shape in LYNX_MOE_CONFIG_SHAPES (a few minutes), then the
+# offline benchmarks per shape in LYNX_BENCH_SHAPES (with the kernel sweep after qwen3-moe unless
+# LYNX_SWEEP=0; gpu_bench.sh's LYNX_* switches pass through).
 set -uo pipefail
 RES="${RES:?}"
 waitpid() { while kill -0 "$(cat "$1")" 2>/dev/null; do sleep 5; done; }
@@ -50,6 +51,11 @@ if [ "${LYNX_LATENCY:-1}" = 1 ]; then
   step latency
   python3 perf/bench_kernel.py --out "$RES/kernel_latency.csv" > "$RES/bench_kernel.log" 2>&1
 fi
+for shape in ${LYNX_MOE_CONFIG_SHAPES:-}; do
+  step "moe-config $shape"
+  python3 perf/bench_moe_config.py --shape "$shape" --out "$RES/moe_config_$shape.csv" \
+    > "$RES/moe_config_$shape.log" 2>&1
+done
 for shape in ${LYNX_BENCH_SHAPES:-qwen3-moe}; do
   step "bench $shape"
   OUT="$RES/bench" bash scripts/gpu_bench.sh "$shape" > "$RES/bench_$shape.log" 2>&1
@@ -58,10 +64,5 @@ for shape in ${LYNX_BENCH_SHAPES:-qwen3-moe}; do
     python3 perf/bench_kernel.py --sweep --repeats 20 --shapes qwen3 \
       --out "$RES/kernel_sweep.csv" > "$RES/bench_sweep.log" 2>&1
   fi
-done
-for shape in ${LYNX_MOE_CONFIG_SHAPES:-}; do
-  step "moe-config $shape"
-  python3 perf/bench_moe_config.py --shape "$shape" --out "$RES/moe_config_$shape.csv" \
-    > "$RES/moe_config_$shape.log" 2>&1
 done
 step done
