@@ -48,8 +48,11 @@ class ExpertStats:
     """[num_layers, 1 + TOUCHED_LEN] int64 device buffer: calls, then the sums of `touched`."""
 
     def __init__(self, num_layers: int, device: torch.device | str) -> None:
-        self.buffer = torch.zeros(num_layers, 1 + TOUCHED_LEN, dtype=torch.int64, device=device)
-        self._one = torch.ones(1, dtype=torch.int64, device=device)
+        # Normal tensors even when made inside the forward (lazily, under vLLM's inference mode, as
+        # with FP8 layers): an inference tensor could not be zeroed by reset() outside it.
+        with torch.inference_mode(False):
+            self.buffer = torch.zeros(num_layers, 1 + TOUCHED_LEN, dtype=torch.int64, device=device)
+            self._one = torch.ones(1, dtype=torch.int64, device=device)
 
     def record(self, layer: int, touched: torch.Tensor) -> None:
         row = self.buffer[layer]

@@ -144,3 +144,19 @@ def test_expert_stats_accumulate_per_layer(device):
     assert [snap[0].calls, snap[0].experts_before, snap[0].experts_after] == expected[0]
     assert [snap[2].calls, snap[2].experts_before, snap[2].experts_after] == expected[2]
     assert snap[1].calls == 0 and snap[0].mean_after < snap[0].mean_before
+
+
+def test_expert_stats_made_in_inference_mode_reset_outside():
+    """vLLM runs the forward under inference mode; a layer whose counters are first made there (FP8
+    layers on an H100) must still be reset between benchmark phases, outside it."""
+    from lynx_ops.stats import ExpertStats
+
+    with torch.inference_mode():
+        stats = ExpertStats(num_layers=1, device="cpu")
+        stats.record(0, torch.tensor([5, 3, 2, 4, 1], dtype=torch.int32))
+    assert stats.snapshot()[0].calls == 1
+    stats.reset()  # raised "Inplace update to inference tensor outside InferenceMode" before
+    assert stats.snapshot()[0].calls == 0 and stats.snapshot()[0].experts_before == 0
+    with torch.inference_mode():
+        stats.record(0, torch.tensor([5, 3, 2, 4, 1], dtype=torch.int32))
+    assert stats.snapshot()[0].experts_after == 3
