@@ -118,17 +118,26 @@ def remap_ref(
     x = scores.float()
     valid = torch.arange(num_rows, device=device) < num_valid.reshape(-1)[0]  # [T], no host sync
 
-    # Selection scores, with experts outside the row's allowed groups at -inf.
+    vanilla = torch.zeros(num_rows, num_experts, dtype=torch.int64, device=device)
+    vanilla.scatter_(1, topk_ids.long(), 1)
+
+    # Selection scores, with experts outside the row's allowed groups at -inf. A row with a
+    # non-finite logit (a broken checkpoint, an overflow upstream) keeps its vanilla routing: its
+    # score is 0 on its vanilla experts and nothing else is allowed, so it votes for exactly those
+    # and its final choice is its vanilla set (ALGORITHM.md leaves such rows undefined).
+    finite = torch.isfinite(x).all(dim=1)  # [T]
     s = selection_scores(x, correction_bias, scoring)
-    allowed = vanilla_group_mask(topk_ids, num_experts, num_expert_group)
-    if allowed is not None:
-        s = s.masked_fill(~allowed, float("-inf"))
+    s = torch.where(finite[:, None], s, torch.where(vanilla > 0, 0.0, float("-inf")))
+    allowed = finite[:, None] | (vanilla > 0)
+    group_mask = vanilla_group_mask(topk_ids, num_experts, num_expert_group)
+    if group_mask is not None:
+        allowed = allowed & group_mask
+    s = s.masked_fill(~allowed, float("-inf"))
 
     # Steps 1-2: gap to the row's best expert and its bin; disallowed experts go below every bin.
     d = s - s.max(dim=1, keepdim=True).values  # [T, E], <= 0
     q = torch.ceil(alpha * d).clamp(min=-beta).to(torch.int64)
-    if allowed is not None:
-        q = q.masked_fill(~allowed, -(beta + 1))
+    q = q.masked_fill(~allowed, -(beta + 1))
 
     # Step 3: exact integer histogram over valid rows; column j counts rows with q = -j.
     bins = torch.arange(beta + 1, device=device)
@@ -139,8 +148,6 @@ def remap_ref(
     # Step 4: each row's candidates by (q, c'[0], ..., c'[beta], d), lexicographically; equal
     # scores prefer the row's vanilla experts (the router may break score ties differently from
     # index order: bf16 logits tie often), so a lone row keeps exactly its vanilla set.
-    vanilla = torch.zeros(num_rows, num_experts, dtype=torch.int64, device=device)
-    vanilla.scatter_(1, topk_ids.long(), 1)
     keys = [q] + [leave_one_out[:, :, j] for j in range(beta + 1)] + [d, vanilla]
     candidates = _lexicographic_topk(keys, k)  # [T, k]
 

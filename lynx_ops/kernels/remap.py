@@ -40,6 +40,7 @@ from lynx_ops.routing import SIGMOID_BIAS_EPS, TOUCHED_LEN, Scoring, WeightRule
 
 # Globals used in @triton.jit must be constexpr.
 _NEG_INF = tl.constexpr(float("-inf"))
+_POS_INF = tl.constexpr(float("inf"))
 _INT64_MIN = tl.constexpr(-(2**63))
 # Tie-break bits of a key: bit 10 = expert is in the row's vanilla choice, bits 0-9 = 1023 - expert
 # index (E <= 1024). Equal scores go to the vanilla experts, then to the lower index.
@@ -73,7 +74,12 @@ def _load_block(
         vanilla = vanilla | (cols[None, :] == vid[:, None])
         if GROUPED:  # only groups the vanilla choice already uses (reference.vanilla_group_mask)
             in_group = in_group | ((cols[None, :] // group_size) == (vid // group_size)[:, None])
-    allowed = m2
+    # A row with a non-finite logit keeps its vanilla routing (reference.remap_ref): score 0 on its
+    # vanilla experts, nothing else allowed.
+    bad = m2 & ((x != x) | (tl.abs(x) == _POS_INF))
+    row_bad = tl.max(bad.to(tl.int32), axis=1) > 0
+    s = tl.where(row_bad[:, None], tl.where(vanilla, 0.0, _NEG_INF), s)
+    allowed = m2 & ((row_bad[:, None] == 0) | vanilla)
     if GROUPED:
         allowed = allowed & in_group
     s = tl.where(allowed, s, _NEG_INF)
