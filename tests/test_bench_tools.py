@@ -115,6 +115,19 @@ def test_redraw_zeroes_additive_biases_but_keeps_the_selection_bias():
     assert torch.equal(model.proj.weight, weight)
 
 
+def test_redraw_refuses_a_model_without_a_gate_it_can_redraw():
+    """An FP8 gate (weight [hidden, E] in FP8, as --quantization fp8 stores it) is not found: the
+    run must stop rather than report the dummy router's numbers (seen on an H100: 'gates': 0)."""
+    pytest.importorskip("vllm")
+    import torch
+
+    class Worker:
+        model_runner = type("Runner", (), {"model": torch.nn.Sequential(torch.nn.Linear(4, 8))})()
+
+    with pytest.raises(RuntimeError, match="no MoE gate"):
+        router_realism.rescale_gates(Worker(), 2.0, 1.0)
+
+
 def test_table_marks_rows_without_a_remap_and_without_nvml(capsys):
     """A batch of one row skips the op: no expert counts; a CPU host has no NVML: no bandwidth."""
     from lynx_ops.bench.cli import _print_table

@@ -60,6 +60,13 @@ def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dic
     """Re-draw every MoE gate (see the module docstring); returns what was done."""
     model = _model(worker)
     gates = find_gates(model)
+    if not gates:
+        # Without a re-draw the dummy router decides, and its numbers are not reported.
+        raise RuntimeError(
+            "router realism: no MoE gate with a [num_experts, hidden] weight found to re-draw; a "
+            "quantized gate (e.g. --quantization fp8 stores it transposed in FP8) is not supported, "
+            "and dummy-router results are not reported"
+        )
     norms = 0
     for i, (name, gate) in enumerate(sorted(gates.items())):
         layer_prefix = name.split(".mlp")[0].split(".block_sparse_moe")[0].split(".feed_forward")[0]
