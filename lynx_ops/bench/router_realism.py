@@ -64,8 +64,9 @@ def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dic
         # Without a re-draw the dummy router decides, and its numbers are not reported.
         raise RuntimeError(
             "router realism: no MoE gate with a [num_experts, hidden] weight found to re-draw; a "
-            "quantized gate (e.g. --quantization fp8 stores it transposed in FP8) is not supported, "
-            "and dummy-router results are not reported"
+            "quantized gate (--quantization fp8 stores it transposed in FP8) is not supported and "
+            "dummy-router results are not reported. To measure FP8 experts, quantize only them: "
+            "quantization=online, quantization_config={\"moe\": \"fp8_per_channel\"}"
         )
     norms = 0
     for i, (name, gate) in enumerate(sorted(gates.items())):
