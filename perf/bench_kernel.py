@@ -33,6 +33,7 @@ import lynx_ops  # noqa: E402
 from lynx_ops.reference import remap_ref  # noqa: E402
 from lynx_ops.routing import Scoring, WeightRule  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
+from perf.timing import graph_time_us as _graph_time_us  # noqa: E402
 from tests.helpers import Shape, make_batch, op_args  # noqa: E402
 
 SHAPES = {
@@ -52,24 +53,6 @@ SHAPES = {
     ),  # fmt: skip
 }
 BATCHES = [1, 8, 32, 128, 256, 512]
-
-
-def _graph_time_us(fn, repeats: int, inner: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / inner)
-    return statistics.median(times)
 
 
 def _eager_time_us(fn, repeats: int) -> float:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lynx_ops  # noqa: E402,F401  (registers torch.ops.lynx.remap)
 from lynx_ops.registry import select_policy  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
+from perf.timing import graph_time_us  # noqa: E402
 
 # name -> (HF config for the policy, hidden size H, expert intermediate size N)
 SHAPES = {
@@ -79,24 +79,6 @@ def routing(config: dict, T: int, seed: int):
     }
 
 
-def time_us(fn, replays: int, inner: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(inner):
-            fn()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1000.0 / inner)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="qwen3-moe", choices=sorted(SHAPES))
@@ -127,11 +109,11 @@ def main() -> None:
                         return fused_experts(x, w1, w2, w, ids)
 
                 if cfg is None:  # vLLM's own choice: an error here is the script's, so raise it
-                    us, err = time_us(step, args.replays), ""
+                    us, err = graph_time_us(step, args.replays, inner=10), ""
                     print(f"[moe-config] B={T} {name}: vLLM default {us:.1f} us", flush=True)
                 else:
                     try:
-                        us, err = time_us(step, args.replays), ""
+                        us, err = graph_time_us(step, args.replays, inner=10), ""
                     except Exception as e:  # a tile that does not fit this GPU: recorded, skipped
                         us, err = float("nan"), type(e).__name__
                 rows.append({**prov, "shape": args.shape, "E": E, "N": N, "H": H, "batch": T,
