@@ -66,7 +66,7 @@ def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dic
             "router realism: no MoE gate with a [num_experts, hidden] weight found to re-draw; a "
             "quantized gate (--quantization fp8 stores it transposed in FP8) is not supported and "
             "dummy-router results are not reported. To measure FP8 experts, quantize only them: "
-            "quantization=online, quantization_config={\"moe\": \"fp8_per_channel\"}"
+            'quantization=online, quantization_config={"moe": "fp8_per_channel"}'
         )
     norms = 0
     for i, (name, gate) in enumerate(sorted(gates.items())):
