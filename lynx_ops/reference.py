@@ -127,7 +127,7 @@ def remap_ref(
     # and its final choice is its vanilla set (ALGORITHM.md leaves such rows undefined).
     finite = torch.isfinite(x).all(dim=1)  # [T]
     s = selection_scores(x, correction_bias, scoring)
-    s = torch.where(finite[:, None], s, torch.where(vanilla > 0, 0.0, float("-inf")))
+    s = torch.where(finite[:, None], s, 0.0)  # the mask below sets the non-vanilla experts to -inf
     allowed = finite[:, None] | (vanilla > 0)
     group_mask = vanilla_group_mask(topk_ids, num_experts, num_expert_group)
     if group_mask is not None:

@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lynx_ops  # noqa: E402,F401  (registers torch.ops.lynx.remap)
-from lynx_ops.registry import select_policy  # noqa: E402
+from lynx_ops.registry import router_shape, select_policy  # noqa: E402
+from lynx_ops.routing import WeightRule  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
 from perf.timing import graph_time_us  # noqa: E402
 
@@ -62,13 +63,12 @@ def grid() -> list[dict]:
 def routing(config: dict, T: int, seed: int):
     """Stock top-k (softmax, renormalised as the family does) and the Lynx remap of the same logits."""
     sel = select_policy(config).policy
-    E = next(config[k] for k in ("num_experts", "num_local_experts") if k in config)
-    k = config["num_experts_per_tok"]
+    E, k = router_shape(config)
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(T, E, generator=gen) * 2 + torch.randn(E, generator=gen)).cuda()
     probs = logits.softmax(-1)
     w, ids = probs.topk(k, dim=-1)
-    if sel.op_args()[3] == 0:  # WeightRule.RENORMALIZE
+    if sel.weight_rule == WeightRule.RENORMALIZE:
         w = w / w.sum(-1, keepdim=True)
     ids = ids.to(torch.int32)
     num_valid = torch.tensor([T], dtype=torch.int32, device="cuda")
@@ -92,7 +92,7 @@ def main() -> None:
     from vllm.model_executor.layers.fused_moe.fused_moe import fused_experts
 
     config, H, N = SHAPES[args.shape]
-    E = next(config[k] for k in ("num_experts", "num_local_experts") if k in config)
+    E, _ = router_shape(config)
     torch.manual_seed(0)
     w1 = torch.randn(E, 2 * N, H, device="cuda", dtype=torch.bfloat16) * 0.02
     w2 = torch.randn(E, H, N, device="cuda", dtype=torch.bfloat16) * 0.02

@@ -230,13 +230,9 @@ def _stock_tpot(stock: dict, again: dict | None) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _num(value: float | None, spec: str) -> str:
-    return "invalid" if value is None else format(value, spec)
-
-
-def _opt(value: float | None, spec: str) -> str:
-    """A value that may be absent (no NVML on the machine): '-'."""
-    return "-" if value is None else format(value, spec)
+def _num(value: float | None, spec: str, absent: str = "invalid") -> str:
+    """A table cell; `absent` where there is no value (an invalid run, or '-' for no NVML)."""
+    return absent if value is None else format(value, spec)
 
 
 def _print_table(rows: list[dict], router: str, prov: dict) -> None:
@@ -252,8 +248,8 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
         experts = "- (no remap)" if before is None else f"{before:.1f} -> {after:.1f}"
         ceil = r.get("ceiling_tpot_ms_at_lynx_experts")
         eff = r.get("mechanism_efficiency")
-        bw = (f"{_opt(r.get('stock_mem_bw_util_pct'), '.0f')}/"
-              f"{_opt(r.get('lynx_mem_bw_util_pct'), '.0f')}")  # fmt: skip
+        bw = (f"{_num(r.get('stock_mem_bw_util_pct'), '.0f', '-')}/"
+              f"{_num(r.get('lynx_mem_bw_util_pct'), '.0f', '-')}")  # fmt: skip
         noise = r.get("stock_noise_pct")
         speedup = r["speedup_tpot"]
         print(f"{r['batch']:>4} {_num(r['stock_tpot_ms_reference'], '.3f'):>13} "

@@ -74,11 +74,11 @@ def _load_block(
         vanilla = vanilla | (cols[None, :] == vid[:, None])
         if GROUPED:  # only groups the vanilla choice already uses (reference.vanilla_group_mask)
             in_group = in_group | ((cols[None, :] // group_size) == (vid // group_size)[:, None])
-    # A row with a non-finite logit keeps its vanilla routing (reference.remap_ref): score 0 on its
-    # vanilla experts, nothing else allowed.
+    # A row with a non-finite logit keeps its vanilla routing (reference.remap_ref): score 0, and
+    # only its vanilla experts allowed (the mask below sets the rest to -inf).
     bad = m2 & ((x != x) | (tl.abs(x) == _POS_INF))
     row_bad = tl.max(bad.to(tl.int32), axis=1) > 0
-    s = tl.where(row_bad[:, None], tl.where(vanilla, 0.0, _NEG_INF), s)
+    s = tl.where(row_bad[:, None], 0.0, s)
     allowed = m2 & ((row_bad[:, None] == 0) | vanilla)
     if GROUPED:
         allowed = allowed & in_group
