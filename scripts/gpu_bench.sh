@@ -4,6 +4,7 @@
 #   source .devkit/env.sh && LYNX_GIT_SHA=<sha> bash scripts/gpu_bench.sh [shape ...]
 # Offline stock / Lynx / ceiling runs per shape (issue 4), results under $OUT/<shape>/.
 set -uo pipefail
+set -f  # LYNX_ENGINE_ARGS is word-split below and may hold JSON brackets: no globbing
 OUT="${OUT:-/tmp/lynx-out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_ENABLE_V1_MULTIPROCESSING=0
 [ "${LYNX_SKIP_INSTALL:-0}" = 1 ] || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
@@ -20,11 +21,12 @@ for shape in "${SHAPES[@]}"; do
   esac
   layers="${LYNX_LAYERS:-$layers}"
   ceil="${LYNX_CEILING:-$ceil}"; [ "$ceil" = none ] && ceil=""
-  # LYNX_ENGINE_ARGS: extra vLLM engine args (e.g. "quantization=fp8"); LYNX_BENCH_TAG names the run.
+  # LYNX_ENGINE_ARGS: extra vLLM engine args (e.g. "quantization=fp8"); LYNX_BENCH_ARGS: extra
+  # lynx-bench offline args (e.g. "--lora-adapters 4"); LYNX_BENCH_TAG names the run.
   extra=(); for kv in ${LYNX_ENGINE_ARGS:-}; do extra+=(--engine-arg "$kv"); done
   name="$shape${LYNX_BENCH_TAG:+_$LYNX_BENCH_TAG}"
   python3 -m lynx_ops.bench.cli offline --shape "$shape" ${layers:+--layers $layers} \
     --batches ${LYNX_BATCHES:-1 8 16 32 64} --input-len 128 --output-len ${LYNX_OUTPUT_LEN:-64} \
-    --repeats ${LYNX_REPEATS:-3} ${ceil:+--ceiling $ceil} "${extra[@]}" \
+    --repeats ${LYNX_REPEATS:-3} ${ceil:+--ceiling $ceil} "${extra[@]}" ${LYNX_BENCH_ARGS:-} \
     --engine-arg gpu_memory_utilization=0.85 --out "$OUT/$name" 2>&1 | tee "$OUT/$name.log" | grep -v "repeat"
 done

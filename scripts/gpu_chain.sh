@@ -13,7 +13,9 @@
 # Phase B, timed, one at a time on a quiet GPU: the kernel latency table (LYNX_LATENCY=0: not),
 # the fused-MoE config question per shape in LYNX_MOE_CONFIG_SHAPES (a few minutes), then the
 # offline benchmarks per shape in LYNX_BENCH_SHAPES (with the kernel sweep after qwen3-moe unless
-# LYNX_SWEEP=0; gpu_bench.sh's LYNX_* switches pass through).
+# LYNX_SWEEP=0; gpu_bench.sh's LYNX_* switches pass through), then the feature benchmarks of
+# scripts/gpu_features.sh when LYNX_FEATURES is set. LYNX_FEATURE_TESTS=1 adds
+# tests/vllm_gpu/test_features.py (LoRA ids) to phase A.
 set -uo pipefail
 RES="${RES:?}"
 waitpid() { while kill -0 "$(cat "$1")" 2>/dev/null; do sleep 5; done; }
@@ -38,6 +40,12 @@ if [ "${LYNX_QUICKSTART:-1}" = 1 ]; then
   OUT="$RES" bash scripts/gpu_quickstart.sh > "$RES/quickstart.log" 2>&1 &
   phase_a+=($!)
 fi
+if [ "${LYNX_FEATURE_TESTS:-0}" = 1 ]; then
+  step "feature tests"
+  LYNX_GPU_MEM=0.05 LYNX_GPU_KV_MIB=1024 python3 -m pytest tests/vllm_gpu/test_features.py -m vllm_gpu \
+    -q -p no:cacheprovider -o addopts="" -rfEs > "$RES/feature_tests.log" 2>&1 &
+  phase_a+=($!)
+fi
 if [ "${LYNX_DEMO:-1}" = 1 ]; then
   step demo
   python3 -m lynx_ops.demo --gpu-memory-utilization 0.05 > "$RES/demo.log" 2>&1 &
@@ -56,7 +64,7 @@ for shape in ${LYNX_MOE_CONFIG_SHAPES:-}; do
   python3 perf/bench_moe_config.py --shape "$shape" --out "$RES/moe_config_$shape.csv" \
     > "$RES/moe_config_$shape.log" 2>&1
 done
-for shape in ${LYNX_BENCH_SHAPES:-qwen3-moe}; do
+for shape in ${LYNX_BENCH_SHAPES-qwen3-moe}; do  # set but empty: none
   step "bench $shape"
   OUT="$RES/bench" bash scripts/gpu_bench.sh "$shape" > "$RES/bench_$shape.log" 2>&1
   if [ "$shape" = qwen3-moe ] && [ "${LYNX_SWEEP:-1}" = 1 ]; then
@@ -65,4 +73,8 @@ for shape in ${LYNX_BENCH_SHAPES:-qwen3-moe}; do
       --out "$RES/kernel_sweep.csv" > "$RES/bench_sweep.log" 2>&1
   fi
 done
+if [ -n "${LYNX_FEATURES:-}" ]; then
+  step "features $LYNX_FEATURES"
+  OUT="$RES" bash scripts/gpu_features.sh > "$RES/features.log" 2>&1
+fi
 step done

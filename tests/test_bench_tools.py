@@ -139,3 +139,47 @@ def test_table_marks_rows_without_a_remap_and_without_nvml(capsys):
     one, sixteen = capsys.readouterr().out.strip().splitlines()[-2:]
     assert "- (no remap)" in one and "nan" not in one and one.endswith("-/-")
     assert "44.0 -> 9.6" in sixteen and "1.01x" in sixteen
+
+
+@pytest.mark.parametrize(
+    "shape,names",
+    [("qwen3-moe", ("gate_proj", "down_proj", "up_proj")), ("mixtral", ("w1", "w2", "w3"))],
+)
+def test_lora_adapters_load_through_vllms_expert_lora_loader(tmp_path, shape, names):
+    """vLLM's own loader accepts the adapters as expert LoRA: every key names an expert projection
+    vLLM's checkpoint mapping knows, with the right A/B shapes, for every MoE layer and expert."""
+    pytest.importorskip("vllm")
+    import json
+
+    from vllm.lora.lora_model import LoRAModel
+    from vllm.lora.peft_helper import PEFTHelper
+    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+
+    from lynx_ops.bench.lora_adapters import write_adapters
+
+    model = model_configs.write_model_dir(shape, tmp_path / "m", num_layers=2, tiny=True)
+    cfg = json.loads((model / "config.json").read_text())
+    experts = cfg.get("num_experts") or cfg["num_local_experts"]
+    hidden, inter = cfg["hidden_size"], cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    paths = write_adapters(model, tmp_path / "lora", 2, rank=8)
+    assert [p.name for p in paths] == ["adapter0", "adapter1"]
+    mapping = RoutedExperts.build_expert_params_mapping(*names, experts)
+    expected = {weight.rstrip(".") for _, weight, _, _ in mapping}
+    peft = PEFTHelper.from_local_dir(str(paths[0]), 4096)
+    lora = LoRAModel.from_local_checkpoint(str(paths[0]), expected, peft, device="cpu")
+    assert len(lora.loras) == 2 * experts * 3
+    gate, _, up = names
+    for name, weights in lora.loras.items():
+        fan_in, fan_out = (hidden, inter) if name.endswith((gate, up)) else (inter, hidden)
+        assert tuple(weights.lora_a.shape) == (8, fan_in) and tuple(weights.lora_b.shape) == (
+            fan_out,
+            8,
+        )
+
+
+def test_lora_adapters_refuse_a_model_without_an_expert_layout(tmp_path):
+    from lynx_ops.bench.lora_adapters import write_adapters
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="no expert LoRA layout for model_type 'llama'"):
+        write_adapters(tmp_path, tmp_path / "lora", 1)

@@ -135,6 +135,10 @@ def offline(args: argparse.Namespace) -> int:
         "engine": {"max_model_len": args.input_len + args.output_len + 16,
                    "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)},
     }  # fmt: skip
+    if args.lora_adapters:
+        spec["lora"] = _lora_spec(model, work, args.lora_adapters, args.lora_rank)
+        spec["engine"].update(enable_lora=True, max_loras=args.lora_adapters,
+                              max_lora_rank=args.lora_rank)  # fmt: skip
     router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
               else "checkpoint router" if args.load_format != "dummy"
               else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
@@ -204,10 +208,24 @@ def offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lora_spec(model: str, work: Path, count: int, rank: int) -> dict:
+    """Write the adapters once, before any engine, so stock and Lynx serve the same ones."""
+    from lynx_ops.bench.lora_adapters import write_adapters
+
+    try:
+        paths = write_adapters(model, work / "lora", count, rank)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--lora-adapters: {e}") from e
+    print(f"wrote {count} random expert LoRA adapters (rank {rank}) under {work / 'lora'}",
+          flush=True)  # fmt: skip
+    return {"paths": [str(p) for p in paths], "rank": rank}
+
+
 def _comparable(spec: dict, args: argparse.Namespace) -> dict:
     """What makes two offline runs the same workload: the spec without its model directory (a
     fresh temporary path each time) plus where the model came from."""
-    return {**{k: v for k, v in spec.items() if k != "model"},
+    return {**{k: v for k, v in spec.items() if k not in ("model", "lora")},
+            "lora": {"adapters": args.lora_adapters, "rank": args.lora_rank},
             "source": args.shape or args.model, "layers": args.layers, "tiny": args.tiny}  # fmt: skip
 
 
@@ -444,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--stock-again", action=argparse.BooleanOptionalAction, default=True,
                      help="run stock a second time after Lynx (stock, Lynx, stock): the stock "
                           "reference is their mean and their difference the noise floor")  # fmt: skip
+    off.add_argument("--lora-adapters", type=int, default=0, metavar="N",
+                     help="serve N random-weight expert LoRA adapters (written locally), requests "
+                          "round-robin over them; same adapters for stock and Lynx")  # fmt: skip
+    off.add_argument("--lora-rank", type=int, default=16)
     off.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                      help="extra LLM(...) argument, e.g. enforce_eager=true")  # fmt: skip
     off.add_argument("--reuse", metavar="RESULTS_JSON",

@@ -6,11 +6,15 @@
 Whether Lynx is on is the caller's environment (VLLM_LYNX_ENABLED), read by the plugin when vLLM
 starts. The spec: model (dir), load_format, prompts (token-id lists), phases (list of
 {"name", "max_tokens"}), spread/skew (router realism; null = leave the gates), engine (extra LLM
-kwargs). Each phase reports token ids and the Lynx counters accumulated during it.
+kwargs), lora ({"paths": [...]}: one LoRA adapter per prompt, round-robin), probe (a module
+path: its `install()` runs before the engine is built and its `collect()` after each phase, for
+tests that watch a vLLM internal in this process). Each phase reports token ids and the Lynx
+counters accumulated during it.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -39,9 +43,13 @@ def main(spec_path: str) -> None:
     from vllm.inputs import TokensPrompt
 
     from lynx_ops.bench import router_realism
+    from lynx_ops.bench.offline import lora_requests
     from lynx_ops.bench.worker_ext import lynx_reset
 
     spec = json.loads(Path(spec_path).read_text())
+    probe = importlib.import_module(spec["probe"]) if spec.get("probe") else None
+    if probe is not None:
+        probe.install()
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], load_format=spec.get("load_format", "dummy"),
               skip_tokenizer_init=spec.get("skip_tokenizer_init", True), seed=0,
@@ -61,12 +69,15 @@ def main(spec_path: str) -> None:
             llm.collective_rpc(lynx_reset)
         params = SamplingParams(max_tokens=phase["max_tokens"], temperature=0.0, ignore_eos=True)
         t0 = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
+        outs = llm.generate(prompts, params, use_tqdm=False,
+                            lora_request=lora_requests(spec.get("lora"), len(prompts)))
         entry = {"name": phase["name"], "seconds": round(time.perf_counter() - t0, 3),
                  "tokens": [list(o.outputs[0].token_ids) for o in outs],
                  "texts": [o.outputs[0].text for o in outs]}  # fmt: skip
         if result["lynx_installed"]:
             entry["lynx"] = llm.collective_rpc(_lynx_snapshot)[0]
+        if probe is not None:
+            entry["probe"] = probe.collect()
         result["phases"].append(entry)
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -29,6 +29,17 @@ def progress(msg: str) -> None:
     print(f"PROGRESS {msg}", file=sys.stderr, flush=True)
 
 
+def lora_requests(lora: dict | None, batch: int):
+    """One LoRARequest per prompt, round-robin over the adapters (None: no LoRA)."""
+    if not lora:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    paths = lora["paths"]
+    return [LoRARequest(f"adapter{i % len(paths)}", i % len(paths) + 1, paths[i % len(paths)])
+            for i in range(batch)]  # fmt: skip
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -56,23 +67,24 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     for batch in spec["batches"]:
         prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(3, vocab) for _ in range(in_len)])
                    for _ in range(batch)]  # fmt: skip
+        lora = lora_requests(spec.get("lora"), batch)
         full = SamplingParams(max_tokens=out_len, temperature=0.0, ignore_eos=True)
         short_len = max(2, out_len // 4)
         short = SamplingParams(max_tokens=short_len, temperature=0.0, ignore_eos=True)
         # Warm-up: both lengths once (first use of a size compiles or tunes kernels).
-        llm.generate(prompts, full, use_tqdm=False)
-        llm.generate(prompts, short, use_tqdm=False)
+        llm.generate(prompts, full, use_tqdm=False, lora_request=lora)
+        llm.generate(prompts, short, use_tqdm=False, lora_request=lora)
         short_s, full_s = [], []
         for _ in range(repeats):
             t = time.perf_counter()
-            llm.generate(prompts, short, use_tqdm=False)
+            llm.generate(prompts, short, use_tqdm=False, lora_request=lora)
             short_s.append(time.perf_counter() - t)
         if lynx:
             llm.collective_rpc(lynx_reset)
         sampler.start()
         for r in range(repeats):
             t = time.perf_counter()
-            llm.generate(prompts, full, use_tqdm=False)
+            llm.generate(prompts, full, use_tqdm=False, lora_request=lora)
             full_s.append(time.perf_counter() - t)
             progress(f"B={batch} repeat {r + 1}/{repeats}: {full_s[-1]:.3f} s")
         telemetry = sampler.stop()
