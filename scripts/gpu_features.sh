@@ -7,11 +7,11 @@
 #   lora     4 random-weight expert LoRA adapters of rank 16, requests round-robin, 16 layers
 #   offload  10 GiB of expert weights in pinned host memory (UVA), 16 layers
 #   ngram    n-gram speculative decoding, 4 draft tokens, 16 layers
-# LYNX_FEATURES picks and orders them (default: all four in this order).
+# LYNX_FEATURES picks and orders them (default: lora ngram fp8 offload).
 set -uo pipefail
 OUT="${OUT:-/tmp/lynx-out}"; mkdir -p "$OUT"
 export LYNX_CEILING=none LYNX_BATCHES="${LYNX_BATCHES:-1 16 32 64}"
-for feature in ${LYNX_FEATURES:-fp8 lora offload ngram}; do
+for feature in ${LYNX_FEATURES:-lora ngram fp8 offload}; do
   echo "$(date -u +%T) feature $feature"
   case "$feature" in
     fp8) LYNX_LAYERS=48 LYNX_BENCH_TAG=fp8moe \

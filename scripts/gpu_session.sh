@@ -54,7 +54,10 @@ collect)
   grep -h "passed\|failed\|exit:" "$RES/core/cuda_tests.log" "$RES/core.log" 2>/dev/null | tail -3
   tail -12 "$RES/plugin.log" 2>/dev/null
   # Everything but the model weights and vLLM's temporary model directories, in one file.
-  tar czf "$OUT/results.tgz" -C "$RES" --exclude='model' --exclude='*.pid' . 2>/dev/null
+  for t in "$RES"/bench/*.log; do [ -f "$t" ] && { echo "== $t"; grep -A12 "^router:" "$t" | head -14; }; done
+  # Logs and tables only: no weights (dummy model dirs, LoRA adapters), one small file.
+  tar czf "$OUT/results.tgz" -C "$RES" --exclude='model' --exclude='lora' --exclude='lynx-lora-*' \
+    --exclude='*.safetensors' --exclude='*.pid' . 2>/dev/null
   if [ -f /tmp/emb/training.json ] && ! kill -0 "$(cat "$RES/train.pid" 2>/dev/null)" 2>/dev/null; then
     tar cf - -C /tmp emb | split -b 15000000 - "$OUT/emb.tar.part_"
   fi

@@ -16,8 +16,10 @@ for all runs alike; `--spread none` keeps vLLM's near-uniform dummy router and m
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -136,7 +138,7 @@ def offline(args: argparse.Namespace) -> int:
                    "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)},
     }  # fmt: skip
     if args.lora_adapters:
-        spec["lora"] = _lora_spec(model, work, args.lora_adapters, args.lora_rank)
+        spec["lora"] = _lora_spec(model, args.lora_adapters, args.lora_rank)
         spec["engine"].update(enable_lora=True, max_loras=args.lora_adapters,
                               max_lora_rank=args.lora_rank)  # fmt: skip
     router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
@@ -208,15 +210,18 @@ def offline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lora_spec(model: str, work: Path, count: int, rank: int) -> dict:
+def _lora_spec(model: str, count: int, rank: int) -> dict:
     """Write the adapters once, before any engine, so stock and Lynx serve the same ones."""
     from lynx_ops.bench.lora_adapters import write_adapters
 
+    # Outside --out (GBs at real shapes, and not a result); removed when the process exits.
+    lora_dir = Path(tempfile.mkdtemp(prefix="lynx-lora-"))
+    atexit.register(shutil.rmtree, lora_dir, ignore_errors=True)
     try:
-        paths = write_adapters(model, work / "lora", count, rank)
+        paths = write_adapters(model, lora_dir, count, rank)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"--lora-adapters: {e}") from e
-    print(f"wrote {count} random expert LoRA adapters (rank {rank}) under {work / 'lora'}",
+    print(f"wrote {count} random expert LoRA adapters (rank {rank}) under {lora_dir}",
           flush=True)  # fmt: skip
     return {"paths": [str(p) for p in paths], "rank": rank}
 

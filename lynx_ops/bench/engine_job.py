@@ -69,8 +69,12 @@ def main(spec_path: str) -> None:
             llm.collective_rpc(lynx_reset)
         params = SamplingParams(max_tokens=phase["max_tokens"], temperature=0.0, ignore_eos=True)
         t0 = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False,
-                            lora_request=lora_requests(spec.get("lora"), len(prompts)))
+        outs = llm.generate(
+            prompts,
+            params,
+            use_tqdm=False,
+            lora_request=lora_requests(spec.get("lora"), len(prompts)),
+        )
         entry = {"name": phase["name"], "seconds": round(time.perf_counter() - t0, 3),
                  "tokens": [list(o.outputs[0].token_ids) for o in outs],
                  "texts": [o.outputs[0].text for o in outs]}  # fmt: skip
