@@ -183,3 +183,13 @@ def test_lora_adapters_refuse_a_model_without_an_expert_layout(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ValueError, match="no expert LoRA layout for model_type 'llama'"):
         write_adapters(tmp_path, tmp_path / "lora", 1)
+
+
+def test_speculative_acceptance_gives_tokens_per_step():
+    from lynx_ops.bench.offline import _acceptance
+
+    before = {"vllm:spec_decode_num_drafts": 10, "vllm:spec_decode_num_accepted_tokens": 5}
+    after = {"vllm:spec_decode_num_drafts": 110, "vllm:spec_decode_num_accepted_tokens": 255}
+    assert _acceptance(before, after) == {"spec_drafts": 100, "spec_accepted": 250,
+                                          "spec_tokens_per_step": 3.5}  # fmt: skip
+    assert _acceptance(None, after) == {}

@@ -186,6 +186,10 @@ def offline(args: argparse.Namespace) -> int:
             row["stock_noise_pct"] = 100 * abs(a - c) / ((a + c) / 2)
         lynx_tpot = lynx["tpot_ms_median"]
         row["speedup_tpot"] = base / lynx_tpot if base and lynx_tpot else None
+        steps = [r["ms_per_spec_step"] for r in (stock, again) if r and r.get("ms_per_spec_step")]
+        if steps and lynx.get("ms_per_spec_step"):
+            # Speculative decoding: the step-time ratio, free of the two sides' acceptance.
+            row["speedup_per_spec_step"] = sum(steps) / len(steps) / lynx["ms_per_spec_step"]
         if num_experts:
             row["experts_uniform_expected"] = router_realism.expected_union(num_experts, top_k, b)
         after = lynx.get("experts_after")
@@ -280,6 +284,13 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
               f"{_num(r['lynx_tpot_ms_median'], '.3f'):>12} "
               f"{('-' if speedup is None else f'{speedup:.2f}x'):>8} {experts:>22} "
               f"{(f'{ceil:.3f}' if ceil else '-'):>10} {(f'{eff:.2f}' if eff else '-'):>10} {bw:>12}")  # fmt: skip
+    for r in rows:
+        if r.get("stock_spec_tokens_per_step") or r.get("lynx_spec_tokens_per_step"):
+            step = r.get("speedup_per_spec_step")
+            print(f"B={r['batch']}: speculative decoding, tokens per step stock "
+                  f"{_num(r.get('stock_spec_tokens_per_step'), '.2f', '-')} / Lynx "
+                  f"{_num(r.get('lynx_spec_tokens_per_step'), '.2f', '-')}; speed-up per step (stock/Lynx "
+                  f"time per step) {'-' if step is None else f'{step:.2f}x'}")  # fmt: skip
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -40,6 +40,34 @@ def lora_requests(lora: dict | None, batch: int):
             for i in range(batch)]  # fmt: skip
 
 
+_SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_accepted_tokens")
+
+
+def _spec_counts(llm) -> dict[str, int] | None:
+    """Speculative-decoding counters (drafts, accepted tokens) so far; None without speculative
+    decoding or without stats (engine arg disable_log_stats=false)."""
+    if llm.llm_engine.vllm_config.speculative_config is None:
+        return None
+    try:
+        metrics = llm.get_metrics()
+    except Exception:  # stats disabled: no Prometheus registry to read
+        return None
+    counts = {m.name: int(getattr(m, "value", 0)) for m in metrics if m.name in _SPEC_COUNTERS}
+    return counts if len(counts) == len(_SPEC_COUNTERS) else None
+
+
+def _acceptance(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, float]:
+    """Mean tokens per verification step (1 + accepted per draft) over the timed runs. Lynx
+    changes the generated tokens and with them the n-gram drafts' acceptance, so TPOT alone mixes
+    the step time with the acceptance; TPOT x this length estimates the time per step."""
+    if not before or not after:
+        return {}
+    drafts = after[_SPEC_COUNTERS[0]] - before[_SPEC_COUNTERS[0]]
+    accepted = after[_SPEC_COUNTERS[1]] - before[_SPEC_COUNTERS[1]]
+    return {"spec_drafts": drafts, "spec_accepted": accepted,
+            "spec_tokens_per_step": 1 + accepted / drafts if drafts else None}  # fmt: skip
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -81,6 +109,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             short_s.append(time.perf_counter() - t)
         if lynx:
             llm.collective_rpc(lynx_reset)
+        spec_before = _spec_counts(llm)
         sampler.start()
         for r in range(repeats):
             t = time.perf_counter()
@@ -88,6 +117,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             full_s.append(time.perf_counter() - t)
             progress(f"B={batch} repeat {r + 1}/{repeats}: {full_s[-1]:.3f} s")
         telemetry = sampler.stop()
+        acceptance = _acceptance(spec_before, _spec_counts(llm))
         base = statistics.median(short_s)
         tpot = [(f - base) / max(out_len - short_len, 1) for f in full_s]
         valid = statistics.median(tpot) > 0
@@ -101,6 +131,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             "output_tok_s": batch * out_len / statistics.median(full_s),
         }  # fmt: skip
         row.update({k: v for k, v in telemetry.items() if k != "seconds"})
+        row.update(acceptance)
+        if valid and acceptance.get("spec_tokens_per_step"):
+            row["ms_per_spec_step"] = row["tpot_ms_median"] * acceptance["spec_tokens_per_step"]
         if "energy_j" in telemetry:
             row["energy_mj_per_token"] = 1000 * telemetry["energy_j"] / (batch * out_len * repeats)
         if lynx:
@@ -108,7 +141,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             row.update({k: v for k, v in summary.items() if k != "top1_kept"})
         rows.append(row)
         if valid:
-            progress(f"B={batch}: TPOT {row['tpot_ms_median']:.2f} ms (median of {repeats})")
+            per_step = (f", {acceptance['spec_tokens_per_step']:.2f} tokens per step"
+                        if acceptance.get("spec_tokens_per_step") else "")  # fmt: skip
+            progress(
+                f"B={batch}: TPOT {row['tpot_ms_median']:.2f} ms (median of {repeats}){per_step}"
+            )
         else:
             progress(f"B={batch}: INVALID: the {out_len}-token runs (median {statistics.median(full_s):.3f} s) "
                      f"were not slower than the {short_len}-token runs ({base:.3f} s); "
