@@ -75,6 +75,6 @@ for shape in ${LYNX_BENCH_SHAPES-qwen3-moe}; do  # set but empty: none
 done
 if [ -n "${LYNX_FEATURES:-}" ]; then
   step "features $LYNX_FEATURES"
-  OUT="$RES" bash scripts/gpu_features.sh > "$RES/features.log" 2>&1
+  OUT="$RES/bench" bash scripts/gpu_features.sh > "$RES/features.log" 2>&1
 fi
 step done
