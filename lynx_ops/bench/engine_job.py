@@ -8,8 +8,10 @@ starts. The spec: model (dir), load_format, prompts (token-id lists), phases (li
 {"name", "max_tokens"}), spread/skew (router realism; null = leave the gates), engine (extra LLM
 kwargs), lora ({"paths": [...]}: one LoRA adapter per prompt, round-robin), probe (a module
 path: its `install()` runs before the engine is built and its `collect()` after each phase, for
-tests that watch a vLLM internal in this process). Each phase reports token ids and the Lynx
-counters accumulated during it.
+tests that watch a vLLM internal in this process), rank_probe ({"all_calls": bool, "eplb":
+bool}: the engine's worker_extension_cls, tests/vllm_gpu/rank_probe.py, records every rank's
+routing and, with eplb, EPLB's recorded expert load per phase; called by name through
+collective_rpc, so it reaches workers in other processes). Each phase reports token ids and the Lynx counters accumulated during it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def main(spec_path: str) -> None:
                for p in spec["prompts"]]  # fmt: skip
     result = {"startup_s": round(startup_s, 1), "lynx_installed": _lynx_active(), "phases": []}
 
+    rank_probe = spec.get("rank_probe") or {}
+    if rank_probe:
+        result["probe_ranks"] = llm.collective_rpc(
+            "lynx_probe_install", args=(bool(rank_probe.get("all_calls")),)
+        )
     if spec.get("spread") is not None:
         result["router"] = llm.collective_rpc(
             router_realism.rescale_gates, args=(spec["spread"], spec.get("skew", 0.0), 0)
@@ -67,6 +74,8 @@ def main(spec_path: str) -> None:
     for phase in spec["phases"]:
         if result["lynx_installed"]:
             llm.collective_rpc(lynx_reset)
+        if rank_probe.get("eplb"):
+            llm.collective_rpc("lynx_probe_eplb_reset")
         params = SamplingParams(max_tokens=phase["max_tokens"], temperature=0.0, ignore_eos=True)
         t0 = time.perf_counter()
         outs = llm.generate(
@@ -82,6 +91,10 @@ def main(spec_path: str) -> None:
             entry["lynx"] = llm.collective_rpc(_lynx_snapshot)[0]
         if probe is not None:
             entry["probe"] = probe.collect()
+        if rank_probe:
+            entry["rank_probe"] = llm.collective_rpc("lynx_probe_collect")
+        if rank_probe.get("eplb"):
+            entry["eplb_logical_load"] = llm.collective_rpc("lynx_probe_eplb_logical_load")
         result["phases"].append(entry)
     print("RESULT " + json.dumps(result), flush=True)
 

@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Worker extension for the parallel tests: records, in every rank, the routing Lynx returns for
+each remapped layer call, so the test can compare ranks bitwise. Named in the engine arguments
+(`worker_extension_cls`), called by name through `collective_rpc`, so it works with workers in
+their own processes (tensor or expert parallelism). Needs an eager engine: a replayed CUDA graph
+runs no Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RankProbeWorker:
+    def lynx_probe_install(self, all_calls: bool = False) -> int:
+        """Wrap Lynx's routing; all_calls also records the calls it left alone (weights None)."""
+        from lynx_ops.integration import layers
+
+        self._lynx_probe_all = all_calls
+
+        records: list[tuple[str, list[list[int]], list[list[float]]]] = []
+        route = layers.route
+
+        def recording(state, router_logits, topk_weights, topk_ids):
+            weights, ids, remapped = route(state, router_logits, topk_weights, topk_ids)
+            if remapped:
+                records.append((state.name, ids.tolist(), weights.float().tolist()))
+            elif self._lynx_probe_all:
+                records.append((state.name, ids.tolist(), None))
+            return weights, ids, remapped
+
+        layers.route = recording
+        self._lynx_probe_records = records
+        import torch.distributed as dist
+
+        return dist.get_rank() if dist.is_initialized() else 0
+
+    def lynx_probe_collect(self) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        out = list(self._lynx_probe_records)
+        self._lynx_probe_records.clear()
+        return {"rank": dist.get_rank() if dist.is_initialized() else 0, "records": out}
+
+    # EPLB: the expert load vLLM records (per physical expert), folded back to logical ids.
+    def _eplb_model_state(self):
+        state = self.model_runner.eplb_state
+        assert state is not None, "EPLB is not enabled in this engine"
+        return state, next(iter(state.model_states.values()))
+
+    def lynx_probe_eplb_reset(self) -> None:
+        state, model = self._eplb_model_state()
+        model.expert_load_window.zero_()
+        model.expert_load_pass.zero_()
+        state.expert_load_window_step = 0
+
+    def lynx_probe_eplb_logical_load(self) -> list[list[int]]:
+        import torch
+
+        _, model = self._eplb_model_state()
+        physical = model.expert_load_window.sum(0) + model.expert_load_pass  # (layers, physical)
+        num_logical = int(model.logical_replica_count.shape[1])
+        logical = torch.zeros(physical.shape[0], num_logical, dtype=torch.int64,
+                              device=physical.device)  # fmt: skip
+        logical.scatter_add_(1, model.physical_to_logical_map.long(), physical.long())
+        return logical.tolist()
