@@ -33,7 +33,7 @@ BATCH, DECODE, LAYERS = 32, 12, 2
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "gpu_memory_utilization": 0.5,
           "tensor_parallel_size": 2, "enforce_eager": True, "enable_prefix_caching": False,
-          "worker_extension_cls": "tests.vllm_gpu.rank_probe.RankProbeWorker"}  # fmt: skip
+          "worker_extension_cls": "tests.rank_probe.RankProbeWorker"}  # fmt: skip
 
 
 def _spec(model_dir, engine_extra: dict, rank_probe: dict) -> dict:

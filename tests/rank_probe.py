@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Worker extension for the parallel tests: records, in every rank, the routing Lynx returns for
+"""Worker extension for the parallel tests (vllm_cpu and vllm_gpu tiers): records, in every rank, the routing Lynx returns for
 each remapped layer call, so the test can compare ranks bitwise. Named in the engine arguments
 (`worker_extension_cls`), called by name through `collective_rpc`, so it works with workers in
 their own processes (tensor or expert parallelism). Needs an eager engine: a replayed CUDA graph
