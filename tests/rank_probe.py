@@ -1,13 +1,22 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Worker extension for the parallel tests (vllm_cpu and vllm_gpu tiers): records, in every rank, the routing Lynx returns for
-each remapped layer call, so the test can compare ranks bitwise. Named in the engine arguments
-(`worker_extension_cls`), called by name through `collective_rpc`, so it works with workers in
-their own processes (tensor or expert parallelism). Needs an eager engine: a replayed CUDA graph
-runs no Python."""
+"""Worker extension for the parallel tests (vllm_cpu and vllm_gpu tiers): records, in every rank,
+the routing Lynx returns for each layer call, so the test can compare ranks bitwise. Named in the
+engine arguments (`worker_extension_cls`), called by name through `collective_rpc`, so it works
+with workers in their own processes (tensor or expert parallelism). Needs an eager engine: a
+replayed CUDA graph runs no Python."""
 
 from __future__ import annotations
 
 from typing import Any
+
+# (layer name, ids, weights; weights None for a call Lynx left alone)
+Record = tuple[str, list[list[int]], list[list[float]] | None]
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 class RankProbeWorker:
@@ -15,31 +24,25 @@ class RankProbeWorker:
         """Wrap Lynx's routing; all_calls also records the calls it left alone (weights None)."""
         from lynx_ops.integration import layers
 
-        self._lynx_probe_all = all_calls
-
-        records: list[tuple[str, list[list[int]], list[list[float]]]] = []
+        records: list[Record] = []
         route = layers.route
 
         def recording(state, router_logits, topk_weights, topk_ids):
             weights, ids, remapped = route(state, router_logits, topk_weights, topk_ids)
             if remapped:
                 records.append((state.name, ids.tolist(), weights.float().tolist()))
-            elif self._lynx_probe_all:
+            elif all_calls:
                 records.append((state.name, ids.tolist(), None))
             return weights, ids, remapped
 
         layers.route = recording
         self._lynx_probe_records = records
-        import torch.distributed as dist
-
-        return dist.get_rank() if dist.is_initialized() else 0
+        return _rank()
 
     def lynx_probe_collect(self) -> dict[str, Any]:
-        import torch.distributed as dist
-
         out = list(self._lynx_probe_records)
         self._lynx_probe_records.clear()
-        return {"rank": dist.get_rank() if dist.is_initialized() else 0, "records": out}
+        return {"rank": _rank(), "records": out}
 
     # EPLB: the expert load vLLM records (per physical expert), folded back to logical ids.
     def _eplb_model_state(self):

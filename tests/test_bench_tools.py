@@ -171,10 +171,8 @@ def test_lora_adapters_load_through_vllms_expert_lora_loader(tmp_path, shape, na
     gate, _, up = names
     for name, weights in lora.loras.items():
         fan_in, fan_out = (hidden, inter) if name.endswith((gate, up)) else (inter, hidden)
-        assert tuple(weights.lora_a.shape) == (8, fan_in) and tuple(weights.lora_b.shape) == (
-            fan_out,
-            8,
-        )
+        assert tuple(weights.lora_a.shape) == (8, fan_in), name
+        assert tuple(weights.lora_b.shape) == (fan_out, 8), name
 
 
 def test_lora_adapters_refuse_a_model_without_an_expert_layout(tmp_path):

@@ -179,17 +179,17 @@ def offline(args: argparse.Namespace) -> int:
             for key, value in (r or {}).items():
                 if key not in ("batch", "input_len", "output_len", "repeats"):
                     row[f"{side}_{key}"] = value
-        base = _stock_tpot(stock, again)
+        base = _stock_mean(stock, again)
         row["stock_tpot_ms_reference"] = base
         if again and stock["tpot_ms_median"] and again["tpot_ms_median"]:
             a, c = stock["tpot_ms_median"], again["tpot_ms_median"]
             row["stock_noise_pct"] = 100 * abs(a - c) / ((a + c) / 2)
         lynx_tpot = lynx["tpot_ms_median"]
         row["speedup_tpot"] = base / lynx_tpot if base and lynx_tpot else None
-        steps = [r["ms_per_spec_step"] for r in (stock, again) if r and r.get("ms_per_spec_step")]
-        if steps and lynx.get("ms_per_spec_step"):
+        step = _stock_mean(stock, again, "ms_per_spec_step")
+        if step and lynx.get("ms_per_spec_step"):
             # Speculative decoding: the step-time ratio, free of the two sides' acceptance.
-            row["speedup_per_spec_step"] = sum(steps) / len(steps) / lynx["ms_per_spec_step"]
+            row["speedup_per_spec_step"] = step / lynx["ms_per_spec_step"]
         if num_experts:
             row["experts_uniform_expected"] = router_realism.expected_union(num_experts, top_k, b)
         after = lynx.get("experts_after")
@@ -251,9 +251,9 @@ def _load_reuse(path: str, workload: dict) -> dict[str, dict]:
     return earlier["runs"]
 
 
-def _stock_tpot(stock: dict, again: dict | None) -> float | None:
-    """The stock reference TPOT: the mean of the bracketing stock runs where both are valid."""
-    values = [r["tpot_ms_median"] for r in (stock, again) if r and r["tpot_ms_median"]]
+def _stock_mean(stock: dict, again: dict | None, key: str = "tpot_ms_median") -> float | None:
+    """The stock reference (TPOT by default): the mean of the bracketing stock runs that have it."""
+    values = [r[key] for r in (stock, again) if r and r.get(key)]
     return sum(values) / len(values) if values else None
 
 

@@ -9,9 +9,10 @@ starts. The spec: model (dir), load_format, prompts (token-id lists), phases (li
 kwargs), lora ({"paths": [...]}: one LoRA adapter per prompt, round-robin), probe (a module
 path: its `install()` runs before the engine is built and its `collect()` after each phase, for
 tests that watch a vLLM internal in this process), rank_probe ({"all_calls": bool, "eplb":
-bool}: the engine's worker_extension_cls, tests/rank_probe.py, records every rank's
-routing and, with eplb, EPLB's recorded expert load per phase; called by name through
-collective_rpc, so it reaches workers in other processes). Each phase reports token ids and the Lynx counters accumulated during it.
+bool}: the engine's worker_extension_cls, tests/rank_probe.py, records every rank's routing and,
+with eplb, EPLB's recorded expert load per phase; called by name through collective_rpc, so it
+reaches workers in other processes). Each phase reports token ids and the Lynx counters
+accumulated during it.
 """
 
 from __future__ import annotations

@@ -40,10 +40,10 @@ def _moe_layers(cfg: dict) -> list[int]:
 
 def _shapes(cfg: dict) -> tuple[int, int, int]:
     """(hidden, expert intermediate, routed experts) from a config.json dict."""
-    hidden = int(cfg["hidden_size"])
+    from lynx_ops.registry import router_shape
+
     inter = int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"])
-    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts")
-    return hidden, inter, int(experts)
+    return int(cfg["hidden_size"]), inter, router_shape(cfg)[0]
 
 
 def write_adapters(model_dir: str | Path, out_dir: str | Path, count: int, rank: int = 16,

@@ -36,8 +36,8 @@ def lora_requests(lora: dict | None, batch: int):
     from vllm.lora.request import LoRARequest
 
     paths = lora["paths"]
-    return [LoRARequest(f"adapter{i % len(paths)}", i % len(paths) + 1, paths[i % len(paths)])
-            for i in range(batch)]  # fmt: skip
+    picks = [i % len(paths) for i in range(batch)]
+    return [LoRARequest(f"adapter{j}", j + 1, paths[j]) for j in picks]
 
 
 _SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_accepted_tokens")
