@@ -15,7 +15,8 @@
 # offline benchmarks per shape in LYNX_BENCH_SHAPES (with the kernel sweep after qwen3-moe unless
 # LYNX_SWEEP=0; gpu_bench.sh's LYNX_* switches pass through), then the feature benchmarks of
 # scripts/gpu_features.sh when LYNX_FEATURES is set. LYNX_FEATURE_TESTS=1 adds
-# tests/vllm_gpu/test_features.py (LoRA ids) to phase A.
+# tests/vllm_gpu/test_features.py (LoRA ids) to phase A. LYNX_PARALLEL=1 (two GPUs) adds the
+# parallel tests of scripts/gpu_parallel.sh to phase A and its TP/EP benchmarks to the end of phase B.
 set -uo pipefail
 RES="${RES:?}"
 waitpid() { while kill -0 "$(cat "$1")" 2>/dev/null; do sleep 5; done; }
@@ -44,6 +45,11 @@ if [ "${LYNX_FEATURE_TESTS:-0}" = 1 ]; then
   step "feature tests"
   LYNX_GPU_MEM=0.05 LYNX_GPU_KV_MIB=1024 python3 -m pytest tests/vllm_gpu/test_features.py -m vllm_gpu \
     -q -p no:cacheprovider -o addopts="" -rfEs > "$RES/feature_tests.log" 2>&1 &
+  phase_a+=($!)
+fi
+if [ "${LYNX_PARALLEL:-0}" = 1 ]; then
+  step "parallel tests"
+  LYNX_PARALLEL_BENCH=0 OUT="$RES/parallel" bash scripts/gpu_parallel.sh > "$RES/parallel.log" 2>&1 &
   phase_a+=($!)
 fi
 if [ "${LYNX_DEMO:-1}" = 1 ]; then
@@ -76,5 +82,9 @@ done
 if [ -n "${LYNX_FEATURES:-}" ]; then
   step "features $LYNX_FEATURES"
   OUT="$RES/bench" bash scripts/gpu_features.sh > "$RES/features.log" 2>&1
+fi
+if [ "${LYNX_PARALLEL:-0}" = 1 ]; then
+  step "parallel bench"
+  LYNX_PARALLEL_TESTS=0 OUT="$RES/bench" bash scripts/gpu_parallel.sh > "$RES/parallel_bench.log" 2>&1
 fi
 step done

@@ -53,6 +53,7 @@ collect)
   tail -3 "$RES/train.log" 2>/dev/null
   grep -h "passed\|failed\|exit:" "$RES/core/cuda_tests.log" "$RES/core.log" 2>/dev/null | tail -3
   tail -12 "$RES/plugin.log" 2>/dev/null
+  tail -6 "$RES/parallel/parallel_tests.log" 2>/dev/null
   # Everything but the model weights and vLLM's temporary model directories, in one file.
   for t in "$RES"/bench/*.log; do [ -f "$t" ] && { echo "== $t"; grep -A12 "^router:" "$t" | head -14; }; done
   # Logs and tables only: no weights (dummy model dirs, LoRA adapters), one small file.

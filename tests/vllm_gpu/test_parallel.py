@@ -31,8 +31,11 @@ if torch.cuda.device_count() < 2:
 
 BATCH, DECODE, LAYERS = 32, 12, 2
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
-ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "gpu_memory_utilization": 0.5,
-          "tensor_parallel_size": 2, "enforce_eager": True, "enable_prefix_caching": False,
+# A fixed KV cache skips vLLM's memory profiling, so the tests can share the GPUs (pytest -n):
+# profiling fails when another process frees memory meanwhile.
+ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "gpu_memory_utilization": 0.15,
+          "kv_cache_memory_bytes": 2**30, "tensor_parallel_size": 2, "enforce_eager": True,
+          "enable_prefix_caching": False,
           "worker_extension_cls": "tests.rank_probe.RankProbeWorker"}  # fmt: skip
 
 
