@@ -229,16 +229,15 @@ def test_stats_line_reports_deltas_since_last_line():
         layers.LAYERS.clear()
 
 
-def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch):
-    """The GPU hook on a real vLLM BaseRouter subclass (pure-torch top-k so it runs on CPU): the
-    routed-experts capture sees the remapped logical ids, and the dtype cast still applies."""
+def _wrapped_torch_router(monkeypatch, eplb_state=None):
+    """A real vLLM BaseRouter subclass (pure-torch top-k so it runs on CPU), wrapped by Lynx as on
+    GPUs, under a uniform-decode forward context. Returns (router, state, logits, stock routing)."""
     import torch
     import vllm.forward_context as fc
     from vllm.config import CUDAGraphMode
     from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
 
     from lynx_ops.integration.runner import wrap_router
-    from lynx_ops.reference import remap_ref
     from tests.helpers import Shape, make_batch
 
     class TorchTopKRouter(BaseRouter):
@@ -249,9 +248,7 @@ def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch
             vals, ids = router_logits.float().topk(self.top_k, dim=1)
             return vals.softmax(dim=1), ids.to(torch.int32)
 
-    router = TorchTopKRouter(top_k=8, global_num_experts=128)
-    captured = []
-    router.set_capture_fn(captured.append)
+    router = TorchTopKRouter(top_k=8, global_num_experts=128, eplb_state=eplb_state)
     monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
     hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
                          num_experts=128, num_experts_per_tok=8)  # fmt: skip
@@ -267,14 +264,82 @@ def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch
                                                               query_start_loc=qsl)})  # fmt: skip
     monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
     monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
+    stock_w, stock_ids = x.float().topk(8, dim=1)
+    return router, state, x, (stock_w.softmax(dim=1), stock_ids.to(torch.int32))
+
+
+def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch):
+    """The routed-experts capture sees the remapped logical ids, and the dtype cast still applies."""
+    import torch
+
+    from lynx_ops.reference import remap_ref
+
+    router, state, x, (stock_w, stock_ids) = _wrapped_torch_router(monkeypatch)
+    captured = []
+    router.set_capture_fn(captured.append)
     weights, ids = router._select_experts(torch.zeros(16, 4), x, torch.int64)
 
-    stock_w, stock_ids = x.float().topk(8, dim=1)
-    want = remap_ref(x, stock_w.softmax(dim=1), stock_ids.to(torch.int32), torch.tensor([16]),
-                     None, *state.op_args())  # fmt: skip
+    want = remap_ref(x, stock_w, stock_ids, torch.tensor([16]), None, *state.op_args())
     assert ids.dtype == torch.int64 and torch.equal(ids, want[1].long())
     assert torch.equal(captured[0], want[1]) and torch.equal(weights, want[0])
-    assert not torch.equal(want[1], stock_ids.to(torch.int32)), "the batch should be remapped"
+    assert not torch.equal(want[1], stock_ids), "the batch should be remapped"
+    layers.LAYERS.clear()
+
+
+def test_wrapped_router_remaps_logical_ids_before_the_eplb_map(monkeypatch):
+    """Under EPLB the remap acts on logical ids, before vLLM maps them to physical replicas and
+    records the load: the map receives Lynx's ids, and the load it records, folded back to logical
+    experts, is the count of those ids (not of stock routing's). vLLM's map-and-record is a Triton
+    kernel defined on CUDA only; a torch stand-in with the same contract takes its place here. The
+    real kernel and EplbState are checked on two GPUs (tests/vllm_gpu/test_parallel.py)."""
+    import torch
+    from vllm.distributed.eplb.eplb_state import EplbLayerState
+    from vllm.model_executor.layers.fused_moe.router import base_router
+
+    from lynx_ops.reference import remap_ref
+
+    # 128 logical experts on 144 physical slots: experts 0-15 have a second replica at 128 + e.
+    num_logical, num_physical = 128, 144
+    l2p = torch.full((num_logical, 2), -1, dtype=torch.int64)
+    l2p[:, 0] = torch.arange(num_logical)
+    l2p[:16, 1] = torch.arange(128, num_physical)
+    replicas = torch.ones(num_logical, dtype=torch.int64)
+    replicas[:16] = 2
+    p2l = torch.cat([torch.arange(num_logical), torch.arange(16)])
+    eplb = EplbLayerState()
+    eplb.set_layer_state(
+        0, torch.zeros(1, num_physical, dtype=torch.int64), l2p[None], replicas[None]
+    )
+    eplb.should_record_tensor = torch.ones((), dtype=torch.bool)
+    eplb.num_unpadded_tokens_tensors = [torch.tensor(16)]
+
+    seen = []
+
+    def map_and_record(topk_ids, expert_load_view, logical_to_physical_map,
+                       logical_replica_count, record_enabled, num_unpadded_tokens=None):  # fmt: skip
+        seen.append(topk_ids.clone())
+        token = torch.arange(topk_ids.shape[0])[:, None].expand_as(topk_ids)
+        replica = token % logical_replica_count[topk_ids.long()]  # spread tokens over replicas
+        physical = logical_to_physical_map[topk_ids.long(), replica]
+        if bool(record_enabled):
+            expert_load_view.scatter_add_(
+                0, physical.flatten(), torch.ones_like(physical.flatten())
+            )
+        return physical.to(topk_ids.dtype)
+
+    monkeypatch.setattr(base_router, "eplb_map_to_physical_and_record", map_and_record)
+    router, state, x, (stock_w, stock_ids) = _wrapped_torch_router(monkeypatch, eplb)
+    weights, physical = router._select_experts(torch.zeros(16, 4), x, torch.int64)
+
+    want_w, want_ids, _ = remap_ref(x, stock_w, stock_ids, torch.tensor([16]), None,
+                                    *state.op_args())  # fmt: skip
+    assert len(seen) == 1 and torch.equal(seen[0], want_ids), "the EPLB map got other ids"
+    assert torch.equal(p2l[physical], want_ids.long()) and torch.equal(weights, want_w)
+    assert int(physical.max()) >= num_logical, "no token reached a redundant replica"
+    logical_load = torch.zeros(num_logical, dtype=torch.int64)
+    logical_load.scatter_add_(0, p2l, eplb.expert_load_view)
+    assert torch.equal(logical_load, torch.bincount(want_ids.flatten().long(), minlength=128))
+    assert not torch.equal(logical_load, torch.bincount(stock_ids.flatten().long(), minlength=128))
     layers.LAYERS.clear()
 
 
