@@ -249,9 +249,11 @@ def _start_stats_logger() -> None:
 def _stats_loop(log_s: float, metrics_s: float) -> None:
     import time
 
+    from lynx_ops.capture_safe import SideReader
     from lynx_ops.integration import metrics
 
     tick = min(v for v in (log_s, metrics_s) if v > 0)
+    reader = SideReader()  # vLLM captures CUDA graphs while this thread reads: see capture_safe
     previous: dict[int, dict[str, int]] = {}
     next_log = next_publish = time.monotonic()
     next_log += log_s
@@ -263,7 +265,9 @@ def _stats_loop(log_s: float, metrics_s: float) -> None:
         if not (publish or log):
             continue
         try:
-            rows = counters()  # one read of the device counters serves both
+            device = next((s.stats.buffer.device for s in LAYERS.values() if s.stats), None)
+            with reader.reading(device):
+                rows = counters()  # one read of the device counters serves both
             if publish:
                 next_publish = now + metrics_s
                 metrics.publish(rows)
