@@ -10,7 +10,8 @@ engines so that a worker extension (rank_probe.py) sees every routing call on ev
 * EP=2 with EPLB (window = interval, so every step is recorded and nothing is rearranged): the
   load EPLB records, folded back to logical experts, equals the count of the ids Lynx returned,
   remapped in decode and as routed in prefill: EPLB sees what ran, on logical ids mapped after Lynx.
-NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1).
+NVLink multicast stays off in every process (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
+NVSHMEM_DISABLE_NVLS=1).
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ if torch.cuda.device_count() < 2:
     pytest.skip("needs two GPUs", allow_module_level=True)
 
 BATCH, DECODE, LAYERS = 32, 12, 2
-NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+NO_MULTICAST = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
 # A fixed KV cache skips vLLM's memory profiling, so the tests can share the GPUs (pytest -n):
 # profiling fails when another process frees memory meanwhile.
 ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "gpu_memory_utilization": 0.15,
