@@ -3,7 +3,7 @@
 # The GPU session's chain, started in the background by `gpu_session.sh chain` (in the tree copy,
 # after `source .devkit/env.sh`); RES is where results go, chain.steps logs each step's start.
 #
-# Phase A, correctness only, in parallel (nothing in it is timed):
+# Phase A, correctness only, in parallel, LYNX_PHASE_A_JOBS at a time (nothing in it is timed):
 #   - the vllm_gpu tier, one pytest process per family in LYNX_GPU_FAMILIES (LYNX_PLUGIN_TIER=0:
 #     none), each with a fixed KV cache: that skips vLLM's memory profiling, which fails when
 #     another process on the GPU frees memory meanwhile;
@@ -27,9 +27,13 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . > "$RES
 export LYNX_SKIP_INSTALL=1  # once, here: parallel pip runs on one tree would race
 
 phase_a=()
+# At most LYNX_PHASE_A_JOBS engines at once (default 3): nine at once on one 80 GB GPU ran four of
+# them out of memory (perf/results/vllm_gpu_h100_f43f01f/*_first_try_oom.log).
+slot() { while [ "$(jobs -rp | wc -l)" -ge "${LYNX_PHASE_A_JOBS:-3}" ]; do sleep 2; done; }
 if [ "${LYNX_PLUGIN_TIER:-1}" = 1 ]; then
   fams="${LYNX_GPU_FAMILIES:-qwen2-moe,qwen3-moe,mixtral,deepseek-v2-lite,deepseek-v3-style,gpt-oss,llama4-scout}"
   for fam in ${fams//,/ }; do
+    slot
     step "plugin $fam"
     LYNX_GPU_FAMILIES="$fam" LYNX_GPU_MEM=0.05 LYNX_GPU_KV_MIB=1024 OUT="$RES/plugin_$fam" \
       bash scripts/gpu_plugin.sh > "$RES/plugin_$fam.log" 2>&1 &
@@ -37,22 +41,26 @@ if [ "${LYNX_PLUGIN_TIER:-1}" = 1 ]; then
   done
 fi
 if [ "${LYNX_QUICKSTART:-1}" = 1 ]; then
+  slot
   step quickstart
   OUT="$RES" bash scripts/gpu_quickstart.sh > "$RES/quickstart.log" 2>&1 &
   phase_a+=($!)
 fi
 if [ "${LYNX_FEATURE_TESTS:-0}" = 1 ]; then
+  slot
   step "feature tests"
   LYNX_GPU_MEM=0.05 LYNX_GPU_KV_MIB=1024 python3 -m pytest tests/vllm_gpu/test_features.py -m vllm_gpu \
     -q -p no:cacheprovider -o addopts="" -rfEs > "$RES/feature_tests.log" 2>&1 &
   phase_a+=($!)
 fi
 if [ "${LYNX_PARALLEL:-0}" = 1 ]; then
+  slot
   step "parallel tests"
   LYNX_PARALLEL_BENCH=0 OUT="$RES/parallel" bash scripts/gpu_parallel.sh > "$RES/parallel.log" 2>&1 &
   phase_a+=($!)
 fi
 if [ "${LYNX_DEMO:-1}" = 1 ]; then
+  slot
   step demo
   python3 -m lynx_ops.demo --gpu-memory-utilization 0.05 > "$RES/demo.log" 2>&1 &
   phase_a+=($!)
