@@ -66,3 +66,16 @@ class RankProbeWorker:
                               device=physical.device)  # fmt: skip
         logical.scatter_add_(1, model.physical_to_logical_map.long(), physical.long())
         return logical.tolist()
+
+
+def ranks_agree(phase: dict[str, Any]) -> list[Record]:
+    """Test side, for both tiers: ranks 0 and 1 recorded bitwise the same remaps in this phase (an
+    engine_job phase entry). Returns rank 0's records, the calls Lynx left alone included."""
+    per_rank = {r["rank"]: r["records"] for r in phase["rank_probe"]}
+    assert sorted(per_rank) == [0, 1], per_rank.keys()
+    remapped = {
+        rank: [rec for rec in recs if rec[2] is not None] for rank, recs in per_rank.items()
+    }
+    assert remapped[0], "no remap recorded"
+    assert remapped[0] == remapped[1], "the two ranks computed different remaps"
+    return per_rank[0]

@@ -24,6 +24,7 @@ import pytest
 
 from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.model_configs import write_model_dir
+from tests.rank_probe import ranks_agree
 
 pytestmark = pytest.mark.vllm_gpu
 torch = pytest.importorskip("torch")
@@ -60,16 +61,6 @@ def _run(spec, workdir, mode):
     return result
 
 
-def _ranks_agree(decode: dict) -> list:
-    """Both ranks' remap records, compared bitwise; returns rank 0's."""
-    per_rank = {r["rank"]: r["records"] for r in decode["rank_probe"]}
-    assert sorted(per_rank) == [0, 1], per_rank.keys()
-    remapped = [[rec for rec in recs if rec[2] is not None] for recs in per_rank.values()]
-    assert remapped[0], "no remap recorded"
-    assert remapped[0] == remapped[1], "ranks computed different remaps"
-    return per_rank[0]
-
-
 def _check_decode(result: dict) -> list:
     decode = result["phases"][1]
     per_layer = decode["lynx"]["layers"]
@@ -79,7 +70,7 @@ def _check_decode(result: dict) -> list:
         assert v["after"] < v["before"], f"{name}: experts did not drop {v}"
     for tokens in decode["tokens"]:
         assert len(tokens) == DECODE and all(isinstance(t, int) and t >= 0 for t in tokens)
-    return _ranks_agree(decode)
+    return ranks_agree(decode)
 
 
 @pytest.mark.parametrize("family", ["qwen3-moe", "mixtral"])
