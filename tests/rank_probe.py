@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import lynx_ops.bench.dummy_loader  # noqa: F401  (registers the lynx_dummy load format in this worker)
+
 # (layer name, ids, weights; weights None for a call Lynx left alone)
 Record = tuple[str, list[list[int]], list[list[float]] | None]
 

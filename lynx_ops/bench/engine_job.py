@@ -5,13 +5,15 @@
 
 Whether Lynx is on is the caller's environment (VLLM_LYNX_ENABLED), read by the plugin when vLLM
 starts. The spec: model (dir), load_format, prompts (token-id lists), phases (list of
-{"name", "max_tokens"}), spread/skew (router realism; null = leave the gates), engine (extra LLM
-kwargs), lora ({"paths": [...]}: one LoRA adapter per prompt, round-robin), probe (a module
-path: its `install()` runs before the engine is built and its `collect()` after each phase, for
+{"name", "max_tokens"}), spread/skew (router realism through the `lynx_dummy` load format,
+lynx_ops.bench.dummy_loader; null = vLLM's plain dummy router), engine (extra LLM kwargs), lora ({"paths": [...]}: one LoRA adapter per prompt, round-robin), probe (a module
+path: its `install()` runs before the engine is built and its `collect()`, if any, after each phase, for
 tests that watch a vLLM internal in this process), rank_probe ({"all_calls": bool, "eplb":
 bool}: the engine's worker_extension_cls, tests/rank_probe.py, records every rank's routing and,
 with eplb, EPLB's recorded expert load per phase; called by name through collective_rpc, so it
-reaches workers in other processes). Each phase reports token ids and the Lynx counters
+reaches workers in other processes), worker_report ("module:function": called on each worker
+through collective_rpc right after the engine is built, for tests that inspect the loaded
+model). Each phase reports token ids and the Lynx counters
 accumulated during it.
 """
 
@@ -45,8 +47,8 @@ def main(spec_path: str) -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from lynx_ops.bench import router_realism
-    from lynx_ops.bench.offline import lora_requests
+    from lynx_ops.bench import dummy_loader  # registers the lynx_dummy load format here
+    from lynx_ops.bench.offline import engine_kwargs, lora_requests
     from lynx_ops.bench.worker_ext import lynx_reset
 
     spec = json.loads(Path(spec_path).read_text())
@@ -54,23 +56,23 @@ def main(spec_path: str) -> None:
     if probe is not None:
         probe.install()
     t0 = time.perf_counter()
-    llm = LLM(model=spec["model"], load_format=spec.get("load_format", "dummy"),
-              skip_tokenizer_init=spec.get("skip_tokenizer_init", True), seed=0,
-              **spec.get("engine", {}))  # fmt: skip
+    llm = LLM(model=spec["model"], skip_tokenizer_init=spec.get("skip_tokenizer_init", True),
+              seed=0, **engine_kwargs(spec))  # fmt: skip
     startup_s = time.perf_counter() - t0
     prompts = [p if isinstance(p, str) else TokensPrompt(prompt_token_ids=p)
                for p in spec["prompts"]]  # fmt: skip
     result = {"startup_s": round(startup_s, 1), "lynx_installed": _lynx_active(), "phases": []}
 
+    if spec.get("worker_report"):
+        module, _, func = spec["worker_report"].partition(":")
+        result["worker_report"] = llm.collective_rpc(getattr(importlib.import_module(module), func))
     rank_probe = spec.get("rank_probe") or {}
     if rank_probe:
         result["probe_ranks"] = llm.collective_rpc(
             "lynx_probe_install", args=(bool(rank_probe.get("all_calls")),)
         )
     if spec.get("spread") is not None:
-        result["router"] = llm.collective_rpc(
-            router_realism.rescale_gates, args=(spec["spread"], spec.get("skew", 0.0), 0)
-        )[0]
+        result["router"] = llm.collective_rpc(dummy_loader.last_draw)[0]
 
     for phase in spec["phases"]:
         if result["lynx_installed"]:
@@ -90,7 +92,7 @@ def main(spec_path: str) -> None:
                  "texts": [o.outputs[0].text for o in outs]}  # fmt: skip
         if result["lynx_installed"]:
             entry["lynx"] = llm.collective_rpc(_lynx_snapshot)[0]
-        if probe is not None:
+        if probe is not None and hasattr(probe, "collect"):
             entry["probe"] = probe.collect()
         if rank_probe:
             entry["rank_probe"] = llm.collective_rpc("lynx_probe_collect")

@@ -68,25 +68,40 @@ def _acceptance(before: dict[str, int] | None, after: dict[str, int] | None) -> 
             "spec_tokens_per_step": 1 + accepted / drafts if drafts else None}  # fmt: skip
 
 
+def engine_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    """LLM(...) keyword arguments for a spec: its engine arguments, and router realism (spread,
+    skew) as the `lynx_dummy` load format, which draws the gates while the model loads."""
+    kwargs = {"load_format": spec.get("load_format", "dummy"), **spec.get("engine", {})}
+    if spec.get("spread") is not None:
+        if kwargs["load_format"] != "dummy":
+            raise ValueError("router realism (spread) needs dummy weights, not load_format="
+                             f"{kwargs['load_format']!r}")  # fmt: skip
+        kwargs["load_format"] = "lynx_dummy"
+        kwargs["model_loader_extra_config"] = {
+            "spread": spec["spread"], "skew": spec.get("skew", 0.0), "seed": spec.get("seed", 0),
+            "router": spec.get("router_name", "custom")}  # fmt: skip
+        # Every worker imports the extension before loading, which registers the load format
+        # there too (workers in their own processes under tensor parallelism).
+        kwargs.setdefault("worker_extension_cls", "lynx_ops.bench.worker_ext.LynxBenchWorker")
+    return kwargs
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     from lynx_ops import plugin
-    from lynx_ops.bench import router_realism
+    from lynx_ops.bench import dummy_loader  # registers the lynx_dummy load format here
     from lynx_ops.bench.nvml import NvmlSampler
     from lynx_ops.bench.worker_ext import lynx_reset, lynx_snapshot, summarize
 
     t0 = time.perf_counter()
     progress(f"starting engine for {spec['model']}")
-    llm = LLM(model=spec["model"], load_format=spec.get("load_format", "dummy"),
-              skip_tokenizer_init=True, seed=0, **spec.get("engine", {}))  # fmt: skip
+    llm = LLM(model=spec["model"], skip_tokenizer_init=True, seed=0, **engine_kwargs(spec))
     lynx = bool(plugin._STATE["installed"])
     out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t0, 1), "lynx": lynx}
     if spec.get("spread") is not None:
-        out["router"] = llm.collective_rpc(
-            router_realism.rescale_gates, args=(spec["spread"], spec.get("skew", 0.0), 0)
-        )[0]
+        out["router"] = llm.collective_rpc(dummy_loader.last_draw)[0]
     rng = random.Random(0)
     vocab = int(spec.get("vocab", 30000))
     sampler = NvmlSampler()

@@ -17,14 +17,24 @@ MoE layer's router logits spread like a trained router's:
   so every token routed alike (about 5 of 32 experts for 32 GPT-OSS tokens on an H100). The
   DeepSeek-V3 selection bias (`e_score_correction_bias`) is routing, not an additive bias: kept.
 
-It runs in the worker (`LLM.collective_rpc(rescale_gates, args=...)`: the first argument is the
-worker), in place, so it works after torch.compile and CUDA-graph capture. The stock and the Lynx
-run get the same seed, hence the same router; every result states `describe(spread, skew)`.
+`draw_routers` runs while the model loads, through the `lynx_dummy` load format
+(lynx_ops.bench.dummy_loader): after the dummy fill, before vLLM post-processes the weights (the CPU
+backend packs linear weights and empties `layer.weight`; FP8 experts are quantized), so one path
+serves every backend. `rescale_gates` is the after-load fallback for engines already loaded, where
+the weights are still there. The stock and the Lynx run get the same seed, hence the same router.
+
+Presets (`router_stats/*.json`, fitted by scripts/fit_router_presets.py, each with its sources and
+fit error): `calibrated` (the default: the published Qwen3-30B-A3B router profile; also for families
+without a published profile) and `calibrated-deepseek` (DeepSeek models, from published batch
+unions); `optimistic` (spread 2, skew 1: the former default, far more confident than real routers);
+`embedded` (the embedded trained model's router statistics). Every result names its preset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,9 +66,14 @@ def find_gates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 @torch.no_grad()
-def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dict[str, Any]:
-    """Re-draw every MoE gate (see the module docstring); returns what was done."""
-    model = _model(worker)
+def draw_routers(
+    model: torch.nn.Module, spread: float, skew: float, seed: int = 0
+) -> dict[str, Any]:
+    """Re-draw every MoE gate of `model` in place (see the module docstring); returns what was done.
+
+    Runs on the weights as loaded, before vLLM's `process_weights_after_loading` (the `lynx_dummy`
+    load format, lynx_ops.bench.dummy_loader), so it works whatever vLLM later does with them: the
+    CPU backend packs linear weights for its own GEMM and empties `layer.weight`."""
     gates = find_gates(model)
     if not gates:
         # Without a re-draw the dummy router decides, and its numbers are not reported.
@@ -87,6 +102,32 @@ def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dic
             "skew": skew, "seed": seed}  # fmt: skip
 
 
+def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dict[str, Any]:
+    """Fallback: the same re-draw on a loaded engine's worker (`LLM.collective_rpc(rescale_gates,
+    args=...)`). Only where vLLM keeps the gate weights after loading (GPU, or a CPU without a
+    packed GEMM path); elsewhere it raises, naming the `lynx_dummy` load format to use instead."""
+    model = _model(worker)
+    if any(g.weight.numel() == 0 for g in _gate_candidates(model)):
+        raise RuntimeError(
+            "router realism after load: vLLM has packed this model's gate weights for its own "
+            "GEMM and emptied `weight` (the CPU backend's oneDNN/AMX path), so they cannot be "
+            "re-drawn now; load with load_format='lynx_dummy' (lynx_ops.bench.dummy_loader), "
+            "which draws them before vLLM processes the weights"
+        )
+    return draw_routers(model, spread, skew, seed)
+
+
+def _gate_candidates(model: torch.nn.Module):
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+
+    for module in model.modules():
+        if any(isinstance(child, MoERunner) for child in module.children()):
+            for child_name in ("gate", "router"):
+                gate = getattr(module, child_name, None)
+                if getattr(gate, "weight", None) is not None:
+                    yield gate
+
+
 @torch.no_grad()
 def zero_additive_biases(model: torch.nn.Module) -> int:
     """Zero every additive bias parameter (see the module docstring); returns how many."""
@@ -106,24 +147,66 @@ def _find(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
         return None
 
 
+STATS_DIR = Path(__file__).resolve().parent / "router_stats"
+PRESETS = ("calibrated", "calibrated-deepseek", "optimistic", "embedded")
+# model_type -> the calibrated preset for it (every other model type: "calibrated")
+_CALIBRATED_BY_MODEL_TYPE = {
+    "deepseek_v2": "calibrated-deepseek",
+    "deepseek_v3": "calibrated-deepseek",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Router:
+    """Gate re-draw parameters and the name every table states."""
+
+    spread: float
+    skew: float
+    name: str  # preset name, file path, or "custom"
+
+    def describe(self) -> str:
+        return describe(self.spread, self.skew, self.name)
+
+    def loader_config(self, seed: int = 0) -> dict[str, Any]:
+        """`model_loader_extra_config` for the `lynx_dummy` load format."""
+        return {"spread": self.spread, "skew": self.skew, "seed": seed, "router": self.name}
+
+
 def describe(spread: float, skew: float, source: str | None = None) -> str:
-    fitted = f" to {source}" if source else ""
-    return f"dummy weights, gates re-drawn{fitted}: logit spread {spread:g}, expert skew {skew:g}"
+    named = f"router preset {source}: " if source else ""
+    return f"{named}dummy weights, gates re-drawn to logit spread {spread:g}, expert skew {skew:g}"
+
+
+def resolve(router: str, model_type: str | None = None) -> Router:
+    """A preset name (`calibrated` picks the family's calibrated preset from `model_type`) or the
+    path of a router statistics file (scripts/export_router_stats.py or a preset file)."""
+    name = router
+    if router == "calibrated":
+        name = _CALIBRATED_BY_MODEL_TYPE.get(model_type or "", "calibrated")
+    if name in PRESETS:
+        spread, skew = load_stats(str(STATS_DIR / f"{name}.json"))[:2]
+        return Router(spread, skew, name)
+    if not Path(router).is_file():
+        raise SystemExit(f"--router {router!r}: neither a preset ({', '.join(PRESETS)}) nor a "
+                         "router statistics file")  # fmt: skip
+    spread, skew, _ = load_stats(router)
+    return Router(spread, skew, router)
 
 
 def load_stats(path: str) -> tuple[float, float, str]:
-    """(spread, skew, source) from a file written by scripts/export_router_stats.py."""
+    """(spread, skew, source) from a file written by scripts/export_router_stats.py or
+    scripts/fit_router_presets.py."""
     import json
-    from pathlib import Path
 
     try:
         record = json.loads(Path(path).read_text())
         spread, skew = float(record["spread"]), float(record["skew"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--router-stats {path}: not a router statistics file ({e})") from None
-    if spread <= 0 or skew < 0:
+    if not (math.isfinite(spread) and math.isfinite(skew)) or spread <= 0 or skew < 0:
         raise SystemExit(f"--router-stats {path}: spread must be > 0 and skew >= 0")
-    return spread, skew, f"the {record.get('model', '?')} model's router statistics"
+    source = record.get("preset") or f"the {record.get('model', '?')} model's router statistics"
+    return spread, skew, source
 
 
 def expected_union(num_experts: int, top_k: int, batch: int) -> float:

@@ -8,12 +8,16 @@ Module functions take the worker as first argument, for `LLM.collective_rpc(fn)`
     curl -X POST localhost:8000/collective_rpc -d '{"method": "lynx_rescale_gates", "args": ["2", "1", "0"]}'
 
 vLLM's dev-mode `/collective_rpc` passes arguments as strings. Nothing here is loaded unless named.
+vLLM imports a worker extension in each worker before the model loads, so importing this module
+also registers the `lynx_dummy` load format there (lynx_ops.bench.dummy_loader).
 """
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
+
+from lynx_ops.bench import dummy_loader  # noqa: F401  (registers the lynx_dummy load format)
 
 
 def lynx_snapshot(worker: Any) -> dict[str, dict[str, float]]:
@@ -51,6 +55,10 @@ def summarize(snapshot: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 class LynxBenchWorker:
+    def lynx_router_drawn(self) -> dict[str, Any]:
+        """What the `lynx_dummy` load drew in this worker ({} for another load format)."""
+        return dummy_loader.last_draw()
+
     def lynx_rescale_gates(self, spread: str, skew: str, seed: str = "0") -> dict[str, Any]:
         from lynx_ops.bench import router_realism
 
