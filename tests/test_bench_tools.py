@@ -4,8 +4,6 @@ model configs."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,25 +13,33 @@ from lynx_ops.bench.cli import _ceiling_at
 from lynx_ops.bench.nvml import NvmlSampler
 
 
-def test_png_is_a_valid_image_with_the_drawn_pixels(tmp_path):
+def test_line_chart_draws_each_series(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib import image
+
     path = plot.line_chart(tmp_path / "c.png", "t", "x", "y", [1, 2, 4], {"a": [1.0, 2.0, None]})
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    length, tag = struct.unpack(">I4s", data[8:16])
-    width, height = struct.unpack(">II", data[16:24])
-    assert tag == b"IHDR" and (width, height) == (760, 460)
-    # every chunk's CRC matches, and the decompressed raster has the expected size
-    pos, idat = 8, b""
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
-        (crc,) = struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF
-        idat += body if tag == b"IDAT" else b""
-        pos += 12 + n
-    raster = zlib.decompress(idat)
-    assert len(raster) == height * (1 + 3 * width)
-    assert raster.count(bytes(plot.COLORS[0])) > 50, "series colour missing"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = (image.imread(path)[..., :3] * 255).round().astype(int)
+    assert pixels.shape[:2] == (460, 760)
+    blue = (pixels == (31, 119, 180)).all(-1).sum()  # matplotlib's first series colour
+    assert blue > 50, "series colour missing"
+    empty = plot.line_chart(tmp_path / "e.png", "t", "x", "y", [1, 2], {"a": [None, None]})
+    pixels = (image.imread(empty)[..., :3] * 255).round().astype(int)
+    assert (pixels == (31, 119, 180)).all(-1).sum() < blue  # the count above is the series
+
+
+def test_online_plot_has_both_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib import image
+
+    agg = [{"side": side, "load": "concurrency", "value": c, "tpot_ms_p50": t,
+            "tpot_ms_p50_min": t, "tpot_ms_p50_max": t * 1.1, "output_tok_s": 100.0 * c,
+            "output_tok_s_min": 90.0 * c, "output_tok_s_max": 100.0 * c}
+           for side, f in (("stock", 1.0), ("lynx", 0.8)) for c, t in ((1, 5 * f), (8, 9 * f))]  # fmt: skip
+    path = plot.plot_online(agg, [10.0], tmp_path, "router preset calibrated")
+    pixels = (image.imread(path)[..., :3] * 255).round().astype(int)
+    for colour in ((31, 119, 180), (255, 127, 14)):  # first and second series
+        assert (pixels == colour).all(-1).sum() > 50
 
 
 def test_ceiling_interpolates_between_measured_expert_counts():

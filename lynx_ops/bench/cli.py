@@ -8,9 +8,11 @@ Runs the same workload in separate processes: stock (plugin installed, flag unse
 K experts in decode steps: the best step time at that expert count). Prints progress while it
 runs, a table last, and writes results.json, results.csv (provenance in every row) and plots.
 
-Dummy-weight routers are re-drawn to a logit spread/skew (`--spread`, `--skew`; defaults 2 and 1)
-for all runs alike; `--spread none` keeps vLLM's near-uniform dummy router and marks every row
-"not a speed-up".
+Dummy-weight routers are drawn while the model loads (the `lynx_dummy` load format) from a preset,
+the same for all runs: `--router calibrated` (the default: fitted to published statistics of real
+routers, per family), `optimistic` (the former default, far more confident than real routers),
+`embedded`, a statistics file, or `--spread/--skew`; `--spread none` keeps vLLM's near-uniform dummy
+router and marks every row "not a speed-up". Every table and row names the router.
 """
 
 from __future__ import annotations
@@ -44,17 +46,57 @@ def _engine_kwargs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-ROUTER_STATS_HELP = ("take --spread/--skew from a trained model's router statistics "
-                     "(scripts/export_router_stats.py; lynx_ops/bench/router_stats/embedded.json "
-                     "ships with the package)")  # fmt: skip
+def _model_type(args: argparse.Namespace) -> str | None:
+    if args.shape:
+        return model_configs.config(args.shape)["model_type"]
+    config = Path(args.model) / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
 
 
-def _router_args(args: argparse.Namespace) -> None:
-    """--router-stats sets --spread/--skew and names where they came from."""
-    args.router_source = None
-    if getattr(args, "router_stats", None):
-        spread, args.skew, args.router_source = router_realism.load_stats(args.router_stats)
-        args.spread = str(spread)
+def _router_args(args: argparse.Namespace, dummy: bool) -> None:
+    """Sets args.router (router_realism.Router, or None: no re-draw) and args.router_label, the
+    name every table and row states. Router realism is for dummy weights only: a loaded checkpoint
+    keeps its trained router."""
+    args.router = None
+    if not dummy:
+        args.router_label = "checkpoint router"
+        return
+    if args.spread is not None:
+        if args.spread.lower() == "none":
+            args.router_label = "UNMODIFIED dummy router (near-uniform): not a speed-up"
+            return
+        args.router = router_realism.Router(float(args.spread), args.skew, "custom")
+    else:
+        choice = args.router_stats or args.router_preset
+        args.router = router_realism.resolve(choice, _model_type(args))
+    args.router_label = args.router.describe()
+
+
+def _add_source_args(parser: argparse.ArgumentParser, cpu_note: str) -> None:
+    """--shape/--model and what goes with them: one group for every subcommand."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shape", choices=sorted(model_configs.SHAPES),
+                     help="a family at its real layer shapes, dummy weights")  # fmt: skip
+    src.add_argument("--model", help="a local checkpoint directory")
+    parser.add_argument("--layers", type=int, default=None, help="trim depth (--shape only)")
+    parser.add_argument("--tiny", action="store_true", help=f"tiny variant of --shape ({cpu_note})")
+    parser.add_argument("--vocab", type=int, default=30000, help="prompt token ids below this")
+
+
+def _add_router_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("router (dummy weights only)")
+    g.add_argument("--router", dest="router_preset", default="calibrated", metavar="PRESET",
+                   help="gate re-draw preset: calibrated (default; the family's preset fitted to "
+                        "published real-router statistics), calibrated-deepseek, optimistic (the "
+                        "former default: far more confident than real routers), embedded, or a "
+                        "router statistics file")  # fmt: skip
+    g.add_argument("--router-stats", metavar="FILE",
+                   help="a router statistics file (scripts/export_router_stats.py); same as "
+                        "--router FILE")  # fmt: skip
+    g.add_argument("--spread", default=None,
+                   help="custom logit spread instead of a preset, or 'none' for vLLM's plain "
+                        "dummy router (rows marked not a speed-up)")  # fmt: skip
+    g.add_argument("--skew", type=float, default=0.0, help="custom expert skew (with --spread)")
 
 
 def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
@@ -123,17 +165,17 @@ def _prepare_model(args: argparse.Namespace, work: Path):
 
 
 def offline(args: argparse.Namespace) -> int:
-    _router_args(args)
+    _router_args(args, dummy=args.load_format == "dummy")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-bench-", dir=out_dir))
     model, vocab, num_experts, top_k = _prepare_model(args, work)
-    # Router realism is for dummy weights only: a loaded checkpoint keeps its trained router.
-    realism = args.spread.lower() != "none" and args.load_format == "dummy"
     spec = {
         "model": model, "load_format": args.load_format, "batches": args.batches,
         "input_len": args.input_len, "output_len": args.output_len, "repeats": args.repeats,
-        "spread": float(args.spread) if realism else None, "skew": args.skew, "vocab": vocab,
+        "spread": args.router.spread if args.router else None,
+        "skew": args.router.skew if args.router else 0.0,
+        "router_name": args.router.name if args.router else None, "vocab": vocab,
         "engine": {"max_model_len": args.input_len + args.output_len + 16,
                    "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)},
     }  # fmt: skip
@@ -141,9 +183,7 @@ def offline(args: argparse.Namespace) -> int:
         spec["lora"] = _lora_spec(model, args.lora_adapters, args.lora_rank)
         spec["engine"].update(enable_lora=True, max_loras=args.lora_adapters,
                               max_lora_rank=args.lora_rank)  # fmt: skip
-    router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
-              else "checkpoint router" if args.load_format != "dummy"
-              else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
+    router = args.router_label
     workload = json.loads(json.dumps(_comparable(spec, args)))  # as it reads back from JSON
     reused = _load_reuse(args.reuse, workload) if args.reuse else {}
 
@@ -349,17 +389,22 @@ def fidelity(args: argparse.Namespace) -> int:
 
 def _serve_setup(args: argparse.Namespace, prefix: str, max_tokens: int):
     """What every `vllm serve` workload needs: output and work dirs, the model (a --shape written
-    as a dummy-weight config dir), prompt vocabulary, serve arguments, and whether gates are
-    re-drawn (dummy weights only)."""
+    as a dummy-weight config dir with a word-level tokenizer over its vocabulary), prompt
+    vocabulary and serve arguments (router realism through the lynx_dummy load format)."""
+    from lynx_ops.bench.online import router_serve_args
+
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
+    _router_args(args, dummy=bool(args.shape))
     serve_args = [f"--max-model-len={max_tokens + 16}", *args.serve_arg]
     model, vocab, _, _ = _prepare_model(args, work)
     if args.shape:
-        serve_args += ["--load-format=dummy", "--skip-tokenizer-init"]
-    realism = args.spread.lower() != "none" and bool(args.shape)
-    return out_dir, work, model, vocab, serve_args, realism
+        cfg = json.loads((Path(model) / "config.json").read_text())
+        model_configs.write_tokenizer(model, int(cfg["vocab_size"]))
+        serve_args += ["--load-format=dummy"] if args.router is None else []
+        serve_args += router_serve_args(args.router.loader_config() if args.router else None)
+    return out_dir, work, model, vocab, serve_args
 
 
 def soak_cmd(args: argparse.Namespace) -> int:
@@ -367,18 +412,19 @@ def soak_cmd(args: argparse.Namespace) -> int:
     response, dead server, or resident memory growing by more than 5% after warm-up."""
     from lynx_ops.bench import soak
 
-    out_dir, work, model, vocab, serve_args, realism = _serve_setup(
+    out_dir, work, model, vocab, serve_args = _serve_setup(
         args, "lynx-soak-", args.max_input + args.max_output
     )
     spec = {"minutes": args.minutes, "concurrency": args.concurrency, "vocab": vocab,
-            "max_input": args.max_input, "max_output": args.max_output, "sample_s": 10.0,
-            "spread": float(args.spread) if realism else None, "skew": args.skew}  # fmt: skip
+            "max_input": args.max_input, "max_output": args.max_output, "sample_s": 10.0}  # fmt: skip
     runs = {"off": soak.run_mode("off", model, serve_args, {}, spec, work),
             "on": soak.run_mode("on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work)}  # fmt: skip
     prov = provenance()
     (out_dir / "soak.json").write_text(json.dumps({"spec": spec, "runs": runs, "model": args.shape
-                                                   or args.model, **prov}, indent=1))  # fmt: skip
-    print(f"\n{'mode':>4} {'requests':>8} {'valid':>6} {'errors':>6} {'tokens':>7} "
+                                                   or args.model, "router": args.router_label,
+                                                   **prov}, indent=1))  # fmt: skip
+    print(f"\nrouter: {args.router_label}")
+    print(f"{'mode':>4} {'requests':>8} {'valid':>6} {'errors':>6} {'tokens':>7} "
           f"{'RSS after warm-up':>17} {'RSS end':>8} {'growth':>7}")  # fmt: skip
     failed = []
     for mode, r in runs.items():
@@ -399,55 +445,105 @@ def soak_cmd(args: argparse.Namespace) -> int:
 def online_cmd(args: argparse.Namespace) -> int:
     from lynx_ops.bench import online
 
-    _router_args(args)
-    out_dir, work, model, vocab, serve_args, realism = _serve_setup(
+    out_dir, work, model, _, serve_args = _serve_setup(
         args, "lynx-online-", args.input_len + args.output_len
     )
-    router = (router_realism.describe(float(args.spread), args.skew, args.router_source) if realism
-              else "checkpoint router" if args.model
-              else "UNMODIFIED dummy router (near-uniform): not a speed-up")  # fmt: skip
-    spec = {"rates": args.rates, "duration": args.duration, "input_len": args.input_len,
-            "output_len": args.output_len, "vocab": vocab,
-            "spread": float(args.spread) if realism else None, "skew": args.skew}  # fmt: skip
-    runs = {"stock": online.run_mode("stock", model, serve_args, {}, spec, work),
-            "lynx": online.run_mode("lynx", model, serve_args, {"VLLM_LYNX_ENABLED": "1"},
-                                    spec, work)}  # fmt: skip
+    points = [("concurrency", float(c)) for c in args.concurrency]
+    points += [("rate", float(r)) for r in args.request_rates]
+    if not points:
+        raise SystemExit("online: give --concurrency and/or --request-rates")
+    if args.slo_multipliers and 1 not in args.concurrency:
+        raise SystemExit("--slo-multipliers are multiples of stock's TPOT at concurrency 1: "
+                         "include 1 in --concurrency, or give --slo-ms")  # fmt: skip
+    spec = {"points": points, "repeats": args.repeats,
+            "repeat_at": [float(v) for v in args.repeat_at], "input_len": args.input_len,
+            "output_len": args.output_len, "min_prompts": args.min_prompts,
+            "prompts_per_concurrency": args.prompts_per_concurrency,
+            "rate_duration_s": args.rate_duration, "slo_multipliers": args.slo_multipliers,
+            "slo_abs_ms": args.slo_ms, "slo_ms": [], "lynx_sides": {"lynx": True},
+            "slo_file": str(out_dir / "slo.json")}  # fmt: skip
+    print("TPOT SLOs (declared before the run): "
+          + ", ".join([f"{m:g}x stock's single-request TPOT" for m in args.slo_multipliers]
+                      + [f"{v:g} ms" for v in args.slo_ms]), flush=True)  # fmt: skip
+    sides = [("stock", {}), ("lynx", {"VLLM_LYNX_ENABLED": "1"})]
+    if args.stock_again:
+        sides.append(("stock_again", {}))
+    runs = {}
+    for label, env in sides:
+        side_dir = work / label
+        side_dir.mkdir()
+        runs[label] = online.run_side(label, model, serve_args, env, spec, side_dir,
+                                      log=lambda m: print(m, flush=True))  # fmt: skip
+    slos = spec["slo_ms"]
+    rows = [r for res in runs.values() for r in res["rows"]]
+    agg = online.aggregate(rows, slos)
     prov = provenance()
-    rows = []
-    for side, res in runs.items():
-        for r in res["rows"]:
-            rows.append({"model": args.shape or args.model, "mode": side, "router": router,
-                         "input_len": args.input_len, "output_len": args.output_len,
-                         **{k: v for k, v in r.items() if k != "errors"}, **prov})  # fmt: skip
-    best = {
-        side: online.best_within(res["rows"], args.tpot_target_ms) for side, res in runs.items()
-    }
-    (out_dir / "online.json").write_text(json.dumps({"runs": runs, "best": best,
-                                                     "tpot_target_ms": args.tpot_target_ms,
-                                                     "router": router, **prov}, indent=1))  # fmt: skip
-    write_csv(out_dir / "online.csv", rows)
-    print(f"\nrouter: {router}; {prov['gpu']}, vLLM {prov['vllm']} @ {prov['git_sha']}")
-    print(f"{'rate/s':>7} {'stock tok/s':>11} {'stock TPOT ms':>13} {'lynx tok/s':>10} "
-          f"{'lynx TPOT ms':>12} {'experts b->a':>14}")  # fmt: skip
-    for s_row, l_row in zip(runs["stock"]["rows"], runs["lynx"]["rows"], strict=True):
-        ex = (f"{l_row['experts_before']:.1f}->{l_row['experts_after']:.1f}"
-              if "experts_before" in l_row else "-")  # fmt: skip
-        print(f"{s_row['rate']:>7g} {s_row['output_tok_s']:>11.1f} "
-              f"{_fmt(s_row['tpot_ms_median']):>13} {l_row['output_tok_s']:>10.1f} "
-              f"{_fmt(l_row['tpot_ms_median']):>12} {ex:>14}")  # fmt: skip
-    for side in ("stock", "lynx"):
-        b = best[side]
-        print(
-            f"{side}: best throughput within median TPOT <= {args.tpot_target_ms:g} ms: "
-            + (f"{b['output_tok_s']:.1f} tok/s at {b['rate']:g} req/s" if b else "none")
-        )
-    if best["stock"] and best["lynx"]:
-        print(
-            f"serving throughput at the target, Lynx / stock: "
-            f"{best['lynx']['output_tok_s'] / best['stock']['output_tok_s']:.2f}x"
-        )
+    base = {"model": args.shape or args.model, "layers": args.layers, "router": args.router_label,
+            "input_len": args.input_len, "output_len": args.output_len}  # fmt: skip
+    write_csv(out_dir / "online.csv", [{**base, **a, **prov} for a in agg])
+    write_csv(out_dir / "online_runs.csv",
+              [{**base, **{k: v for k, v in r.items() if not k.startswith("_") and
+                           k != "host_decisions"}, **prov} for r in rows])  # fmt: skip
+    best = {side: {f"{slo:.2f}": online.best_within(agg, side, slo) for slo in slos}
+            for side in runs}  # fmt: skip
+    (out_dir / "online.json").write_text(json.dumps(
+        {"spec": spec, "runs": runs, "aggregate": agg, "best_within_slo": best,
+         "router": args.router_label, **base, **prov}, indent=1))  # fmt: skip
+    _print_online(agg, best, slos, args.router_label, prov, list(runs))
+    try:
+        from lynx_ops.bench.plot import plot_online
+
+        print(f"plot: {plot_online(agg, slos, out_dir, args.router_label)}")
+    except ImportError as e:
+        print(f"no plot: {e}")
     print(f"results: {out_dir / 'online.csv'}  logs: {work}")
     return 0
+
+
+def _print_online(agg, best, slos, router, prov, sides) -> None:
+    print(f"\nrouter: {router}; {prov['gpu']}, vLLM {prov['vllm']}, lynx_ops {prov['lynx_ops']} "
+          f"@ {prov['git_sha']}; vLLM's client (vllm bench serve)")  # fmt: skip
+    by = {(a["side"], a["load"], a["value"]): a for a in agg}
+    points = sorted({(a["load"], a["value"]) for a in agg})
+    print(f"{'load':>14} " + " ".join(f"{s + ' tok/s':>17} {'TPOT p50':>8} {'TTFT p50':>8}"
+                                      for s in sides) + f" {'Lynx/stock':>10} {'steps s/l':>11} "
+          f"{'remapped':>8} {'experts':>12}")  # fmt: skip
+    for load, value in points:
+        cells, tput = [], {}
+        for side in sides:
+            a = by.get((side, load, value))
+            if a is None:
+                cells.append(f"{'-':>17} {'-':>8} {'-':>8}")
+                continue
+            tput[side] = a["output_tok_s"]
+            spread = (f"{a['output_tok_s']:.0f}" if a["repeats"] == 1 else
+                      f"{a['output_tok_s']:.0f}[{a['output_tok_s_min']:.0f}-{a['output_tok_s_max']:.0f}]")  # fmt: skip
+            cells.append(f"{spread:>17} {a['tpot_ms_p50']:>8.2f} {a['ttft_ms_p50']:>8.1f}")
+        stock = [tput[s] for s in ("stock", "stock_again") if s in tput]
+        ratio = (
+            tput.get("lynx", 0) / (sum(stock) / len(stock)) if stock and "lynx" in tput else None
+        )
+        s_row, l_row = by.get(("stock", load, value)), by.get(("lynx", load, value))
+        steps = (f"{s_row['engine_steps']:.0f}/{l_row['engine_steps']:.0f}" if s_row and l_row
+                 else "-")  # fmt: skip
+        remapped = f"{l_row['remapped_steps']:.0f}" if l_row and l_row["remapped_steps"] else "-"
+        experts = (f"{l_row['experts_before']:.1f}->{l_row['experts_after']:.1f}"
+                   if l_row and l_row["experts_before"] else "-")  # fmt: skip
+        print(f"{load[:4] + ' ' + format(value, 'g'):>14} " + " ".join(cells)
+              + f" {('-' if ratio is None else f'{ratio:.2f}x'):>10} {steps:>11} {remapped:>8} "
+              f"{experts:>12}")  # fmt: skip
+    for slo in slos:
+        key = f"{slo:.2f}"
+        parts = []
+        for side in sides:
+            b = best[side][key]
+            parts.append(f"{side} {b['output_tok_s']:.0f} tok/s at {b['load']} {b['value']:g}"
+                         if b else f"{side} none")  # fmt: skip
+        s_b, l_b = best["stock"][key], best["lynx"][key]
+        ratio = (
+            f"; Lynx/stock {l_b['output_tok_s'] / s_b['output_tok_s']:.2f}x" if s_b and l_b else ""
+        )
+        print(f"best throughput with p50 TPOT <= {slo:.2f} ms: " + ", ".join(parts) + ratio)
 
 
 def _fmt(v: float | None) -> str:
@@ -458,22 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lynx-bench", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     off = sub.add_parser("offline", help="fixed decode batches, stock vs Lynx (vs ceiling)")
-    src = off.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shape", choices=sorted(model_configs.SHAPES),
-                     help="a family at its real layer shapes, dummy weights")  # fmt: skip
-    src.add_argument("--model", help="a local checkpoint directory")
-    off.add_argument("--layers", type=int, default=None, help="trim depth (--shape only)")
-    off.add_argument("--tiny", action="store_true",
-                     help="tiny variant of --shape (smoke tests on CPU; not a performance number)")  # fmt: skip
+    _add_source_args(off, "smoke tests on CPU; not a performance number")
+    _add_router_args(off)
     off.add_argument("--load-format", default="dummy")
-    off.add_argument("--vocab", type=int, default=30000, help="prompt token ids below this")
     off.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128])
     off.add_argument("--input-len", type=int, default=128)
     off.add_argument("--output-len", type=int, default=128)
     off.add_argument("--repeats", type=int, default=3)
-    off.add_argument("--spread", default="2.0", help="router logit spread, or 'none'")
-    off.add_argument("--skew", type=float, default=1.0)
-    off.add_argument("--router-stats", metavar="FILE", help=ROUTER_STATS_HELP)
     off.add_argument("--ceiling", type=int, nargs="*", default=[], help="expert counts K")
     off.add_argument("--stock-again", action=argparse.BooleanOptionalAction, default=True,
                      help="run stock a second time after Lynx (stock, Lynx, stock): the stock "
@@ -496,36 +583,37 @@ def main(argv: list[str] | None = None) -> int:
     fid.add_argument("--greedy-len", type=int, default=32)
     fid.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE")
     fid.add_argument("--out", default="perf/results/lynx-fidelity")
-    onl = sub.add_parser("online", help="vllm serve at request rates, stock vs Lynx")
-    src = onl.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shape", choices=sorted(model_configs.SHAPES))
-    src.add_argument("--model")
-    onl.add_argument("--layers", type=int, default=None)
-    onl.add_argument("--tiny", action="store_true", help="CPU smoke tests only")
-    onl.add_argument("--vocab", type=int, default=30000)
-    onl.add_argument("--rates", type=float, nargs="+", default=[1, 2, 4, 8, 16])
-    onl.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals per rate")
-    onl.add_argument("--input-len", type=int, default=128)
-    onl.add_argument("--output-len", type=int, default=128)
-    onl.add_argument("--tpot-target-ms", type=float, default=50.0)
-    onl.add_argument("--spread", default="2.0")
-    onl.add_argument("--skew", type=float, default=1.0)
-    onl.add_argument("--router-stats", metavar="FILE", help=ROUTER_STATS_HELP)
+    onl = sub.add_parser("online", help="vllm serve, stock vs Lynx, driven by vllm bench serve")
+    _add_source_args(onl, "CPU smoke tests only")
+    _add_router_args(onl)
+    onl.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 16, 32, 64, 128],
+                     help="closed-loop points: at most C requests in flight")  # fmt: skip
+    onl.add_argument("--request-rates", type=float, nargs="*", default=[],
+                     help="open-loop points: Poisson arrivals at these requests/s")  # fmt: skip
+    onl.add_argument("--repeats", type=int, default=3, help="runs at each --repeat-at point")
+    onl.add_argument("--repeat-at", type=float, nargs="*", default=[32, 64, 128],
+                     help="load points (concurrency or rate) that get --repeats runs; others 1")  # fmt: skip
+    onl.add_argument("--input-len", type=int, default=512)
+    onl.add_argument("--output-len", type=int, default=256)
+    onl.add_argument("--prompts-per-concurrency", type=float, default=4.0,
+                     help="requests per closed-loop run, as a multiple of C")  # fmt: skip
+    onl.add_argument("--min-prompts", type=int, default=8)
+    onl.add_argument("--rate-duration", type=float, default=30.0,
+                     help="seconds of arrivals per open-loop run")  # fmt: skip
+    onl.add_argument("--slo-multipliers", type=float, nargs="*", default=[2.0, 3.0, 4.0],
+                     help="TPOT SLOs as multiples of stock's median TPOT at concurrency 1")  # fmt: skip
+    onl.add_argument("--slo-ms", type=float, nargs="*", default=[], help="TPOT SLOs in ms")
+    onl.add_argument("--stock-again", action=argparse.BooleanOptionalAction, default=True,
+                     help="a second stock server after Lynx (stock, Lynx, stock)")  # fmt: skip
     onl.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
     onl.add_argument("--out", default="perf/results/lynx-online")
     soak = sub.add_parser("soak", help="vllm serve under mixed traffic, flag off then on")
-    src = soak.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shape", choices=sorted(model_configs.SHAPES))
-    src.add_argument("--model")
-    soak.add_argument("--layers", type=int, default=None)
-    soak.add_argument("--tiny", action="store_true", help="CPU runs")
-    soak.add_argument("--vocab", type=int, default=30000)
+    _add_source_args(soak, "CPU runs")
+    _add_router_args(soak)
     soak.add_argument("--minutes", type=float, default=10.0, help="traffic per mode")
     soak.add_argument("--concurrency", type=int, default=8, help="clients, one request each")
     soak.add_argument("--max-input", type=int, default=256)
     soak.add_argument("--max-output", type=int, default=64)
-    soak.add_argument("--spread", default="2.0")
-    soak.add_argument("--skew", type=float, default=1.0)
     soak.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
     soak.add_argument("--out", default="perf/results/lynx-soak")
     args = ap.parse_args(argv)

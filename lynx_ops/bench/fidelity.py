@@ -66,17 +66,33 @@ class TeacherForcing(LogitsProcessor):
 
 
 def windows(tokenizer, count: int, length: int) -> list[list[int]]:
-    """`count` token windows of `length` from the held-out files, in a fixed order."""
+    """`count` token windows of `length` from the held-out files, one per file first: the first
+    window of every file, then the second of every file, and so on. Windows of one file share
+    experts far more than independent requests do, so a batch of consecutive windows of one file
+    would overstate the reduction; up to the number of held-out files (34 on Python 3.11) every
+    window of a batch comes from its own document."""
     from lynx_ops.embedded import corpus
 
-    out: list[list[int]] = []
+    per_file = []
     for text in corpus.texts("heldout"):
         ids = tokenizer.encode(text)
-        for start in range(0, len(ids) - length, length):
-            out.append(ids[start : start + length])
-            if len(out) == count:
-                return out
+        per_file.append([ids[s : s + length] for s in range(0, len(ids) - length, length)])
+    out: list[list[int]] = []
+    for rank in range(max((len(w) for w in per_file), default=0)):
+        for wins in per_file:
+            if rank < len(wins):
+                out.append(wins[rank])
+                if len(out) == count:
+                    return out
     raise ValueError(f"held-out corpus has only {len(out)} windows of {length} tokens")
+
+
+def distinct_documents(count: int, tokenizer, length: int) -> int:
+    """How many of the first `count` windows come from different files."""
+    from lynx_ops.embedded import corpus
+
+    files = sum(len(tokenizer.encode(t)) > length for t in corpus.texts("heldout"))
+    return min(count, files)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +109,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     p_len, f_len = spec["prompt_len"], spec["forced_len"]
     pool = windows(tok, max(spec["batches"]), p_len + f_len)
     result: dict[str, Any] = {"lynx": lynx, "rows": []}
+    if spec.get("timed"):  # warm-up first, then timed greedy decode (main job)
+        result["timed"] = _timed(llm, pool, spec["timed"], lynx)
     for batch in spec["batches"]:
         wins = pool[:batch]
         prompts = [TokensPrompt(prompt_token_ids=w[:p_len]) for w in wins]
@@ -114,7 +132,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             use_tqdm=False,
         )  # fmt: skip
         result["rows"].append({
-            "batch": batch, "tokens_scored": len(nll), "forced_tokens_followed": follows,
+            "batch": batch, "documents": distinct_documents(batch, tok, p_len + f_len),
+            "tokens_scored": len(nll), "forced_tokens_followed": follows,
             "nll_per_token": statistics.mean(nll), "perplexity": math.exp(statistics.mean(nll)),
             "greedy": [list(g.outputs[0].token_ids) for g in greedy],
             "experts_before": summary.get("experts_before"),
@@ -124,6 +143,32 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         print(f"PROGRESS B={batch}: nll/token {result['rows'][-1]['nll_per_token']:.4f}",
               file=sys.stderr, flush=True)  # fmt: skip
     return result
+
+
+def _timed(llm, pool: list[list[int]], timed: dict, lynx: bool) -> dict[str, Any]:
+    """Greedy generation of `tokens` per prompt for `batch` prompts: once to warm up (first use
+    compiles), then `repeats` timed runs; output tokens/s is the median."""
+    import time
+
+    from vllm.inputs import TokensPrompt
+
+    from lynx_ops.bench.worker_ext import lynx_reset, lynx_snapshot, summarize
+
+    prompts = [TokensPrompt(prompt_token_ids=w[:64]) for w in pool[: timed["batch"]]]
+    params = SamplingParams(max_tokens=timed["tokens"], temperature=0.0, ignore_eos=True)
+    llm.generate(prompts, params, use_tqdm=False)
+    if lynx:
+        llm.collective_rpc(lynx_reset)
+    seconds = []
+    for _ in range(timed.get("repeats", 2)):
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds.append(time.perf_counter() - t0)
+    summary = summarize(llm.collective_rpc(lynx_snapshot)[0]) if lynx else {}
+    return {"tokens_per_s": timed["batch"] * timed["tokens"] / statistics.median(seconds),
+            "seconds": seconds, "texts": [o.outputs[0].text for o in outs],
+            "experts_before": summary.get("experts_before"),
+            "experts_after": summary.get("experts_after")}  # fmt: skip
 
 
 if __name__ == "__main__":

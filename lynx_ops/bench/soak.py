@@ -100,7 +100,6 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
     try:
         print(f"[{label}] starting vllm serve ...", flush=True)
         server.wait_ready()
-        server.redraw_gates(spec)
         print(f"[{label}] {spec['minutes']} min of traffic, {spec['concurrency']} clients ...",
               flush=True)  # fmt: skip
         result = asyncio.run(_run(server, model, spec))

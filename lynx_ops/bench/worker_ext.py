@@ -67,5 +67,16 @@ class LynxBenchWorker:
     def lynx_snapshot(self) -> dict[str, Any]:
         return lynx_snapshot(self)
 
+    def lynx_decisions(self) -> dict[str, int]:
+        """Lynx's host-side routing decisions by reason since the last reset (eager steps and
+        graph captures; a graph replay runs no Python); {} when Lynx is not installed."""
+        from lynx_ops import plugin
+
+        if not plugin._STATE["installed"]:
+            return {}
+        from lynx_ops.integration import layers
+
+        return dict(layers.DECISIONS)
+
     def lynx_reset(self) -> None:
         lynx_reset(self)
