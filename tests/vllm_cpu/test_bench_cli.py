@@ -34,7 +34,7 @@ def test_lynx_bench_offline_tiny(tmp_path):
     assert "[stock] B=8" in proc.stdout and "[lynx] B=8" in proc.stdout  # progress lines
     with open(out / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
-    assert row["router"].startswith("dummy weights, gates re-drawn")
+    assert row["router"].startswith("router preset calibrated: dummy weights, gates re-drawn")
     assert float(row["lynx_experts_after"]) < float(row["lynx_experts_before"])
     assert float(row["lynx_remap_calls_per_layer"]) == 3  # output_len - 1 decode steps
     for key in ("gpu", "torch", "vllm", "lynx_ops", "git_sha", "date"):

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# One entry for a GPU run, in named stages (docs/DEVELOPING.md says how a GPU session is planned):
+#
+#   bash scripts/gpu.sh start STAGE...   copy the tree to /tmp/lynx-repo, install lynx-ops there
+#                                        (offline, no deps), run the stages in order in the
+#                                        background (setsid: they outlive this call)
+#   bash scripts/gpu.sh wait SECONDS     wait for the stages, printing progress
+#   bash scripts/gpu.sh collect          the stages' tables, and results.tgz into $OUT
+#
+# Stages (each logs to $RES/<stage>.log, results under $RES/<stage>/):
+#   offline:SHAPE   lynx-bench offline, stock / Lynx / stock + ceilings, calibrated router
+#   online:SHAPE    lynx-bench online (vllm bench serve), stock / Lynx / stock, calibrated router
+#   kernel          perf/bench_kernel.py (the op alone, graph replay)
+#   cuda-tests      pytest -m cuda (the op's CUDA tier)
+# Knobs: LYNX_LAYERS_<shape> (depth), LYNX_ROUTER (preset, default calibrated).
+# vLLM comes from the devkit (../shared/devkit): `source .devkit/env.sh` first.
+set -uo pipefail
+cmd="${1:?start STAGE... | wait SECONDS | collect}"
+shift
+REPO=/tmp/lynx-repo RES=/tmp/lynx-res
+export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_CACHE_ROOT=/tmp/vllm-cache
+# Never NVLink multicast, also in processes that set their own environment (shared GPUs).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+mkdir -p "$RES"
+
+layers_of() {  # full depth where the bf16 weights fit one H200 (141 GB) with KV room
+  case "$1" in
+    qwen3-moe) echo "${LYNX_LAYERS_qwen3_moe:-48}" ;;
+    deepseek-v2-lite) echo "${LYNX_LAYERS_deepseek_v2_lite:-27}" ;;
+    qwen2-moe) echo "${LYNX_LAYERS_qwen2_moe:-24}" ;;
+    mixtral) echo "${LYNX_LAYERS_mixtral:-24}" ;;   # 32 layers are 94 GB: 24 leave KV room
+    *) echo "" ;;
+  esac
+}
+ceilings_of() {  # expert counts K that bracket what Lynx reaches at B = 8..64
+  case "$1" in
+    qwen3-moe) echo "32 96" ;; deepseek-v2-lite) echo "16 48" ;; qwen2-moe) echo "12 40" ;;
+    mixtral) echo "4 8" ;; *) echo "" ;;
+  esac
+}
+
+stage() {
+  local name="$1" kind="${1%%:*}" shape="${1#*:}" dir="$RES/${1/:/_}"
+  local layers; layers="$(layers_of "$shape")"
+  echo "$(date +%T) $name start" >> "$RES/stages"
+  case "$kind" in
+    offline)
+      python3 -m lynx_ops.bench.cli offline --shape "$shape" ${layers:+--layers $layers} \
+        --router "${LYNX_ROUTER:-calibrated}" --batches 1 8 16 32 64 --input-len 128 \
+        --output-len 64 --repeats 3 --ceiling $(ceilings_of "$shape") \
+        --engine-arg gpu_memory_utilization=0.85 \
+        --engine-arg 'compilation_config={"cudagraph_capture_sizes":[1,8,16,32,64]}' \
+        --out "$dir" ;;
+    online)
+      python3 -m lynx_ops.bench.cli online --shape "$shape" ${layers:+--layers $layers} \
+        --router "${LYNX_ROUTER:-calibrated}" --input-len 512 --output-len 256 \
+        --concurrency ${LYNX_ONLINE_C:-1 16 32 64 128} --repeats 3 --repeat-at ${LYNX_REPEAT_AT:-64} \
+        --prompts-per-concurrency 2 --min-prompts 4 --slo-multipliers 2 3 4 \
+        --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 \
+        '--serve-arg=--compilation-config={"cudagraph_capture_sizes":[1,2,4,8,16,24,32,40,48,56,64,80,96,112,128]}' \
+        --out "$dir" ;;
+    kernel) python3 perf/bench_kernel.py --out "$dir/kernel_latency.csv" ;;
+    cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;
+    *) echo "unknown stage $name" ;;
+  esac > "$RES/${1/:/_}.log" 2>&1
+  echo "$(date +%T) $name exit $?" >> "$RES/stages"
+}
+
+case "$cmd" in
+start)
+  rm -rf "$REPO" && mkdir -p "$REPO" && cp -a . "$REPO/" && rm -rf "$REPO/.devkit"
+  cd "$REPO" || exit 1
+  python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -2
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RES/gpu.txt"
+  export PYTHONPATH="/tmp/lynx-site:$REPO" LYNX_GIT_SHA="${LYNX_GIT_SHA:-}"
+  export -f stage layers_of ceilings_of
+  export RES
+  setsid nohup bash -c 'for s in "$@"; do stage "$s"; done; echo "$(date +%T) all done" >> "$RES/stages"' \
+    _ "$@" > "$RES/chain.log" 2>&1 < /dev/null &
+  echo "started: $*"; cat "$RES/gpu.txt"
+  ;;
+wait)
+  deadline=$(( $(date +%s) + ${1:-0} ))
+  while [ "$(date +%s)" -lt "$deadline" ] && ! grep -q "all done" "$RES/stages" 2>/dev/null; do
+    sleep 10
+  done
+  cat "$RES/stages" 2>/dev/null
+  for f in "$RES"/*.log; do echo "== $f"; grep -E "^\[|PROGRESS|TPOT SLO" "$f" | tail -4; done
+  ;;
+collect)
+  OUT="${OUT:?}"
+  cat "$RES/stages" 2>/dev/null
+  for f in "$RES"/*.log; do
+    echo "== $f"; sed -n '/^router:/,$p' "$f" | head -30
+  done
+  tar czf "$OUT/results.tgz" -C "$RES" --exclude='model' --exclude='*.safetensors' \
+    --exclude='tokenizer.json' . 2>/dev/null
+  ls -la "$OUT"
+  ;;
+esac
