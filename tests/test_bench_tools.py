@@ -197,3 +197,19 @@ def test_speculative_acceptance_gives_tokens_per_step():
     assert _acceptance(before, after) == {"spec_drafts": 100, "spec_accepted": 250,
                                           "spec_tokens_per_step": 3.5}  # fmt: skip
     assert _acceptance(None, after) == {}
+
+
+def test_dummy_tokenizer_round_trips_every_id_within_vllms_character_bound(tmp_path):
+    """vLLM's benchmark client decodes random ids to text and the server re-encodes it; the server
+    first rejects a prompt of more than 5 characters per allowed token (seen on an H200: a third
+    of the requests failed with 8-character words)."""
+    pytest.importorskip("tokenizers")
+    from transformers import AutoTokenizer
+
+    vocab = 151936
+    tok = AutoTokenizer.from_pretrained(model_configs.write_tokenizer(tmp_path, vocab))
+    assert tok.vocab_size == vocab and sorted(tok.all_special_ids) == [0, 1, 2]
+    ids = list(range(3, vocab, 97)) + [vocab - 1]
+    text = tok.decode(ids)
+    assert tok.encode(text, add_special_tokens=False) == ids
+    assert len(text) <= 4 * len(ids)  # word + space: under vLLM's 5 characters per token

@@ -483,7 +483,7 @@ def online_cmd(args: argparse.Namespace) -> int:
     write_csv(out_dir / "online.csv", [{**base, **a, **prov} for a in agg])
     write_csv(out_dir / "online_runs.csv",
               [{**base, **{k: v for k, v in r.items() if not k.startswith("_") and
-                           k != "host_decisions"}, **prov} for r in rows])  # fmt: skip
+                           k not in ("host_decisions", "errors")}, **prov} for r in rows])  # fmt: skip
     best = {side: {f"{slo:.2f}": online.best_within(agg, side, slo) for slo in slos}
             for side in runs}  # fmt: skip
     (out_dir / "online.json").write_text(json.dumps(
@@ -497,6 +497,11 @@ def online_cmd(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"no plot: {e}")
     print(f"results: {out_dir / 'online.csv'}  logs: {work}")
+    failed = sum(a["failed"] for a in agg)
+    if failed:
+        errors = sorted({e for r in rows for e in r.get("errors", [])})[:3]
+        print(f"INVALID RUN: {failed} requests failed ({errors}); the load was not what was asked")
+        return 1
     return 0
 
 

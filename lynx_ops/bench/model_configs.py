@@ -219,18 +219,35 @@ def write_model_dir(name: str, path: str | Path, num_layers: int | None = None,
     return path
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _word(i: int) -> str:
+    """Token id i as a base-62 word: at most 3 characters up to 238,328 ids."""
+    out = ""
+    while True:
+        i, r = divmod(i, 62)
+        out = _DIGITS[r] + out
+        if i == 0:
+            return out
+
+
 def write_tokenizer(path: str | Path, vocab_size: int) -> Path:
-    """A word-level tokenizer with one word per token id ("t3" ... "t<vocab-1>", space-separated;
-    ids 0-2 are the special tokens <unk>, <s>, </s>, whose strings no other word contains),
-    so vLLM's benchmark client can make random prompts of an exact length for a dummy-weight model
-    (decode, then encode, gives back the same ids) and the server can detokenize every id the
-    model may emit. Written locally; nothing is downloaded."""
+    """A word-level tokenizer with one short word per token id (base 62, space-separated; ids
+    0-2 are the special tokens <unk>, <s>, </s>, whose strings no word contains), so vLLM's
+    benchmark client can make random prompts of an exact length for a dummy-weight model (decode,
+    then encode, gives back the same ids) and the server can detokenize every id the model may
+    emit. Words are short on purpose: vLLM's server rejects a prompt of more than 5 characters
+    per allowed token before tokenizing it. Written locally; nothing is downloaded."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     specials = ["<unk>", "<s>", "</s>"]
-    vocab = {**{w: i for i, w in enumerate(specials)}, **{f"t{i}": i for i in range(3, vocab_size)}}
+    vocab = {
+        **{w: i for i, w in enumerate(specials)},
+        **{_word(i): i for i in range(3, vocab_size)},
+    }
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.save(str(path / "tokenizer.json"))

@@ -242,6 +242,7 @@ def run_point(server: Server, point: tuple[str, float], spec: dict, repeat: int,
         row["experts_before"] = summary.get("experts_before")
         row["experts_after"] = summary.get("experts_after")
         row["host_decisions"] = decisions
+    row["errors"] = sorted({e for e in result["errors"] if e})[:3]
     row["_tpots_ms"], row["_output_lens"] = request_tpots_ms(result), result["output_lens"]
     add_goodput(row, spec.get("slo_ms", []))
     return row
@@ -283,6 +284,9 @@ def run_side(label: str, model: str, serve_args: list[str], env_extra: dict[str,
             for r in range(repeats):
                 row = run_point(server, point, spec, r, workdir, label)
                 out["rows"].append(row)
+                if row["failed"]:
+                    log(f"[{label}] WARNING: {row['failed']} of {row['num_prompts']} requests "
+                        f"failed: {row['errors']}")  # fmt: skip
                 log(f"[{label}] {point[0]} {point[1]:g} run {r + 1}/{repeats}: "
                     f"{row['output_throughput']:.1f} tok/s, TPOT p50 {row['median_tpot_ms']:.2f} ms, "
                     f"TTFT p50 {row['median_ttft_ms']:.1f} ms, {row['engine_steps']:.0f} steps"
