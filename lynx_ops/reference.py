@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Plain-torch Lynx remap: the test oracle, the benchmark baseline and the CPU implementation.
 
-It follows ALGORITHM.md step by step, in float32, and favours being obviously correct over being
+It follows docs/ALGORITHM.md step by step, in float32, and favours being obviously correct over being
 fast: the vote is a literal lexicographic sort with the leave-one-out histogram, where the Triton
 kernel uses an equivalent packed key. Everything is dense (no `.item()`, no boolean-mask indexing,
 no data-dependent shapes), so it also runs inside CUDA-graph capture: the CUDA implementation uses it
@@ -20,7 +20,7 @@ from lynx_ops.routing import SIGMOID_BIAS_EPS, Scoring, WeightRule
 def selection_scores(
     logits: torch.Tensor, correction_bias: torch.Tensor | None, scoring: int
 ) -> torch.Tensor:
-    """[T, E] float32 selection scores in logit space (ALGORITHM.md, Notation)."""
+    """[T, E] float32 selection scores in logit space (docs/ALGORITHM.md, Notation)."""
     x = logits.float()
     if scoring == Scoring.SIGMOID_BIAS:
         assert correction_bias is not None
@@ -124,7 +124,7 @@ def remap_ref(
     # Selection scores, with experts outside the row's allowed groups at -inf. A row with a
     # non-finite logit (a broken checkpoint, an overflow upstream) keeps its vanilla routing: its
     # score is 0 on its vanilla experts and nothing else is allowed, so it votes for exactly those
-    # and its final choice is its vanilla set (ALGORITHM.md leaves such rows undefined).
+    # and its final choice is its vanilla set (docs/ALGORITHM.md leaves such rows undefined).
     finite = torch.isfinite(x).all(dim=1)  # [T]
     s = selection_scores(x, correction_bias, scoring)
     s = torch.where(finite[:, None], s, 0.0)  # the mask below sets the non-vanilla experts to -inf

@@ -25,7 +25,7 @@ MAX_KERNEL_EXPERTS = 1024
 
 
 class Scoring(enum.IntEnum):
-    """How the router turns logits into selection scores (see ALGORITHM.md, Notation)."""
+    """How the router turns logits into selection scores (see docs/ALGORITHM.md, Notation)."""
 
     SOFTMAX = 0  # softmax routers: selection score is the raw logit
     SIGMOID = 1  # sigmoid routers (Llama 4): the raw logit before the sigmoid

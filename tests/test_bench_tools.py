@@ -4,6 +4,7 @@ model configs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,61 @@ def test_dummy_tokenizer_round_trips_every_id_within_vllms_character_bound(tmp_p
     text = tok.decode(ids)
     assert tok.encode(text, add_special_tokens=False) == ids
     assert len(text) <= 4 * len(ids)  # word + space: under vLLM's 5 characters per token
+
+
+def _fit_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fit_router_presets.py"
+    spec = importlib.util.spec_from_file_location("fit_router_presets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset", ["calibrated", "calibrated-deepseek"])
+def test_calibrated_presets_reproduce_their_recorded_fit(preset):
+    """Each preset file's generator profile and batch union are what the generator gives (fixed
+    seeds), the batch union is 85-100% of uniform, and the Qwen3 fit is within its recorded error of
+    the published profile."""
+    fit = _fit_script()
+    record = json.loads((router_realism.STATS_DIR / f"{preset}.json").read_text())
+    shape = record["fit_shape"]
+    profile, union = fit.simulate(shape["num_experts"], shape["top_k"], record["spread"],
+                                  record["skew"])  # fmt: skip
+    assert profile == pytest.approx(record["generator_top_k_profile"], abs=1e-4)
+    for b, u in union.items():
+        assert u == pytest.approx(record["generator_distinct_experts"][str(b)], abs=0.01)
+        share = u / fit.uniform_union(shape["num_experts"], shape["top_k"], b)
+        assert 0.85 <= share <= 1.0 + 1e-9, (b, share)
+    if preset == "calibrated":
+        target = record["target"]["top_k_profile"]
+        rel = [(p - t) / t for p, t in zip(profile, target, strict=True)]
+        rms = (sum(r * r for r in rel) / len(rel)) ** 0.5
+        assert rms == pytest.approx(record["fit_rms_relative_error"], abs=0.01) and rms < 0.1
+
+
+def test_router_presets_resolve_per_family():
+    assert router_realism.resolve("calibrated", "qwen3_moe") == router_realism.Router(
+        1.2, 0.1, "calibrated"
+    )
+    assert router_realism.resolve("calibrated", "deepseek_v2").name == "calibrated-deepseek"
+    assert router_realism.resolve("calibrated", "mixtral").name == "calibrated"
+    optimistic = router_realism.resolve("optimistic")
+    assert (optimistic.spread, optimistic.skew) == (2.0, 1.0)
+    assert "router preset optimistic" in optimistic.describe()
+    with pytest.raises(SystemExit, match="neither a preset"):
+        router_realism.resolve("realistic")
+
+
+def test_lynx_dummy_loader_config_is_validated():
+    pytest.importorskip("vllm")
+    from lynx_ops.bench import dummy_loader
+
+    ok = dummy_loader.parse_config({"spread": 1.2, "skew": 0.1, "seed": 3, "router": "calibrated"})
+    assert ok == {"spread": 1.2, "skew": 0.1, "seed": 3, "router": "calibrated"}
+    for bad, msg in (({}, "needs 'spread'"), ({"spread": 0}, "spread must be > 0"),
+                     ({"spread": float("nan")}, "spread must be > 0"),
+                     ({"spread": 1, "skew": -1}, "skew >= 0"), ({"spread": 1, "sprd": 2}, "unknown")):  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            dummy_loader.parse_config(bad)

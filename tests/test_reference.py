@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The reference remap on hand-worked cases and on the output contract (ALGORITHM.md).
+"""The reference remap on hand-worked cases and on the output contract (docs/ALGORITHM.md).
 
 These run `torch.ops.lynx.remap` on CPU, whose implementation is `lynx_ops.reference.remap_ref`.
 Expected values are worked out by hand in the comments, not produced by the code under test.

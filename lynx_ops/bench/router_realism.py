@@ -210,5 +210,5 @@ def load_stats(path: str) -> tuple[float, float, str]:
 
 
 def expected_union(num_experts: int, top_k: int, batch: int) -> float:
-    """Distinct experts a batch touches under uniform routing (ALGORITHM.md): E(1-(1-k/E)^B)."""
+    """Distinct experts a batch touches under uniform routing (docs/ALGORITHM.md): E(1-(1-k/E)^B)."""
     return num_experts * (1.0 - math.pow(1.0 - top_k / num_experts, batch))

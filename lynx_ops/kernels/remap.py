@@ -156,7 +156,7 @@ def _block_final(
     # Same expert set as vanilla? Then the row keeps the vanilla ids and weights bit for bit.
     changed = valid & (tl.max((final != vanilla).to(tl.int32), axis=1) > 0)
 
-    # Weights of the final experts with the family's rule (ALGORITHM.md step 7). Logits of the
+    # Weights of the final experts with the family's rule (docs/ALGORITHM.md step 7). Logits of the
     # chosen experts are gathered from memory (the block is in L1/L2 already).
     id_ok = mk & (new_ids >= 0) & (new_ids < E)
     x_sel = tl.load(x_ptr + rows[:, None] * sx_t + new_ids * sx_e, mask=id_ok, other=0.0)
