@@ -126,6 +126,9 @@ def remap_ref(
     # score is 0 on its vanilla experts and nothing else is allowed, so it votes for exactly those
     # and its final choice is its vanilla set (docs/ALGORITHM.md leaves such rows undefined).
     finite = torch.isfinite(x).all(dim=1)  # [T]
+    if scoring == Scoring.SIGMOID_BIAS and correction_bias is not None:
+        # A NaN correction bias poisons its column's score in every row: all rows keep vanilla.
+        finite = finite & ~torch.isnan(correction_bias.float()).any()
     s = selection_scores(x, correction_bias, scoring)
     s = torch.where(finite[:, None], s, 0.0)  # the mask below sets the non-vanilla experts to -inf
     allowed = finite[:, None] | (vanilla > 0)

@@ -12,7 +12,7 @@ import enum
 # Bins below the top that keep their own histogram column. The kernel packs one 12-bit count per
 # column plus the bin into a 63-bit key; 5 columns x 12 bits + 3 bits fit. Deeper bins carry almost
 # no router mass (with alpha=1 the fifth bin is already e^-4 below the top), so the cap costs nothing
-# measurable; policies asking for more are clamped with a log line (registry) or rejected (op).
+# measurable; a policy asking for more is rejected, naming the field (registry and op alike).
 MAX_BETA = 4
 # Largest padded batch the Triton kernel takes: histogram counts must fit their 12-bit fields.
 # Larger decode batches (beyond vLLM's usual max_num_seqs) run the plain-torch implementation.

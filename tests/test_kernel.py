@@ -177,3 +177,39 @@ def test_non_finite_rows_keep_vanilla_routing(device, path, shape):
         assert_matches_reference(args, got)
     # the bad rows' experts are read anyway, so they stay in the batch's union
     assert set(ids[bad].flatten().tolist()) <= set(got[1].cpu().flatten().tolist())
+
+
+DEEPSEEK_V3 = next(p.values[0] for p in FAMILY_SHAPES if p.id == "deepseek-v3")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
+def test_int64_num_valid_beyond_int32_counts_every_row(device, path):
+    """An int64 row count past 2**31 means all rows, as in the reference (the kernel used to
+    truncate it to int32 first: 2**31 became 0 valid rows)."""
+    shape = FAMILY_SHAPES[0].values[0]
+    x, w, ids, bias = make_batch(shape, 12, seed=3)
+    args = list(op_args(shape, x, w, ids, bias, 12))
+    args[3] = torch.tensor([2**31], dtype=torch.int64)
+    got = run_kernel(device, tuple(args), path)
+    want = remap_ref(*args)
+    assert int(want[2][3]) == 12  # the reference counts 12 valid rows
+    assert torch.equal(got[2].cpu(), want[2]) and torch.equal(got[1].cpu(), want[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", PATHS)
+def test_nan_correction_bias_keeps_every_row_vanilla_on_both_paths(device, path):
+    """A NaN in the correction bias poisons that expert's score in every row: both paths keep
+    every row's vanilla routing bit for bit (the CUDA path's clamp used to hide the NaN, so the two
+    chose different experts)."""
+    shape = DEEPSEEK_V3
+    x, w, ids, bias = make_batch(shape, 16, seed=4)
+    bias = bias.clone()
+    bias[5] = float("nan")
+    args = op_args(shape, x, w, ids, bias, 16)
+    got = run_kernel(device, args, path)
+    want = remap_ref(*args)
+    for out in (got, want):
+        assert torch.equal(out[1].cpu(), ids) and torch.equal(out[0].cpu(), w)
+    assert torch.equal(got[2].cpu(), want[2])

@@ -160,3 +160,32 @@ def test_expert_stats_made_in_inference_mode_reset_outside():
     with torch.inference_mode():
         stats.record(0, torch.tensor([5, 3, 2, 4, 1], dtype=torch.int32))
     assert stats.snapshot()[0].experts_after == 3
+
+
+def _qwen3_args(T=6, n=6):
+    from tests.helpers import FAMILY_SHAPES, make_batch, op_args
+
+    shape = FAMILY_SHAPES[0].values[0]
+    x, w, ids, bias = make_batch(shape, T, seed=1)
+    return list(op_args(shape, x, w, ids, bias, n))
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), 0.0, -1.0])
+def test_non_finite_or_non_positive_scale_is_rejected(scale):
+    args = _qwen3_args()
+    args[9] = scale
+    with pytest.raises(ValueError, match="scale=.* must be a finite number > 0"):
+        torch.ops.lynx.remap(*args)
+
+
+def test_out_of_range_or_duplicate_ids_are_rejected_on_cpu():
+    args = _qwen3_args()
+    bad = args[2].clone()
+    bad[2, 1] = 128
+    with pytest.raises(ValueError, match=r"topk_ids must be in \[0, E=128\), got values in"):
+        torch.ops.lynx.remap(*args[:2], bad, *args[3:])
+    dup = args[2].clone()
+    dup[1, 1] = dup[1, 0]
+    with pytest.raises(ValueError, match="same expert twice"):
+        torch.ops.lynx.remap(*args[:2], dup, *args[3:])
+    torch.ops.lynx.remap(*args)  # the router's own ids pass

@@ -346,4 +346,46 @@ def test_wrapped_router_remaps_logical_ids_before_the_eplb_map(monkeypatch):
 def test_malformed_variable_fails_at_register():
     proc = _python("from lynx_ops.plugin import register; register()",
                    VLLM_LYNX_ENABLED="1", VLLM_LYNX_LOG_INTERVAL="often")  # fmt: skip
-    assert proc.returncode != 0 and "VLLM_LYNX_LOG_INTERVAL='often' is not valid" in proc.stderr
+    assert proc.returncode != 0 and "VLLM_LYNX_LOG_INTERVAL='often' is not a number" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("inf", "must be a finite number"), ("nan", "must be a finite number"),
+     ("-1", "must be a finite number"), ("1e-9", "is below the 1 s floor")],
+)  # fmt: skip
+def test_bad_interval_values_are_rejected(monkeypatch, value, message):
+    """inf froze the export, nan turned it off silently and killed the stats thread, 1e-9 spun
+    (about 6000 file writes in 3 s)."""
+    from lynx_ops import envs
+
+    monkeypatch.setenv("VLLM_LYNX_METRICS_INTERVAL", value)
+    with pytest.raises(ValueError, match=f"VLLM_LYNX_METRICS_INTERVAL='{value}' {message}"):
+        envs.validate()
+
+
+def test_empty_interval_is_the_default_and_zero_is_off(monkeypatch):
+    from lynx_ops import envs
+
+    monkeypatch.setenv("VLLM_LYNX_METRICS_INTERVAL", "")
+    monkeypatch.setenv("VLLM_LYNX_LOG_INTERVAL", "0")
+    assert envs.VLLM_LYNX_METRICS_INTERVAL == 10.0 and envs.VLLM_LYNX_LOG_INTERVAL == 0.0
+
+
+@pytest.mark.parametrize("value", ["2", "enable", "y", "enabled"])
+def test_unrecognised_enable_values_stop_startup(monkeypatch, value):
+    """They used to read as off, silently (and vLLM then logged a misleading unknown-variable
+    warning)."""
+    from lynx_ops import plugin
+
+    monkeypatch.setenv("VLLM_LYNX_ENABLED", value)
+    with pytest.raises(ValueError, match=f"VLLM_LYNX_ENABLED='{value}' is not a recognised value"):
+        plugin.register()
+
+
+@pytest.mark.parametrize("value", ["", "0", "off", "False"])
+def test_documented_off_values_leave_vllm_stock(monkeypatch, value):
+    from lynx_ops import envs
+
+    monkeypatch.setenv("VLLM_LYNX_ENABLED", value)
+    assert envs.VLLM_LYNX_ENABLED is False

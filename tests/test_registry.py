@@ -164,3 +164,26 @@ def test_register_policy_takes_precedence():
     assert p.beta == 3
     with pytest.raises(PolicyError, match="model_types and/or architectures"):
         register_policy("nothing", Policy("n", alpha=1.0, beta=1))
+
+
+def test_layers_that_are_not_a_list_name_the_field(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"policies": [{"model_type": "qwen3_moe", "layers": 3}]}')
+    with pytest.raises(PolicyError, match=r"policies\[0\]: layers=3 invalid"):
+        load_policy_file(path)
+
+
+def test_deeply_nested_policy_file_is_a_policy_error(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(PolicyError, match="nested too deeply|not valid JSON"):
+        load_policy_file(path)
+
+
+def test_a_fifo_as_policy_file_is_refused_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load_policy_file(fifo)  # used to block on open() until a writer came

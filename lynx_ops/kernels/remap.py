@@ -60,8 +60,10 @@ def _load_block(
     m2 = row_ok[:, None] & col_ok[None, :]
     x = tl.load(x_ptr + rows[:, None] * sx_t + cols[None, :] * sx_e, mask=m2, other=0.0)
     x = x.to(tl.float32)
+    bias_nan = tl.zeros_like(col_ok)
     if SCORING == 2:  # SIGMOID_BIAS: logit(clamp(sigmoid(x) + b))
         b = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        bias_nan = col_ok & (b != b)
         p = 1.0 / (1.0 + tl.exp(-x)) + b[None, :]
         p = tl.minimum(tl.maximum(p, EPS), 1.0 - EPS)
         s = tl.log(p) - tl.log(1.0 - p)
@@ -76,7 +78,9 @@ def _load_block(
             in_group = in_group | ((cols[None, :] // group_size) == (vid // group_size)[:, None])
     # A row with a non-finite logit keeps its vanilla routing (reference.remap_ref): score 0, and
     # only its vanilla experts allowed (the mask below sets the rest to -inf).
-    bad = m2 & ((x != x) | (tl.abs(x) == _POS_INF))
+    # A NaN correction bias makes every row's score NaN in that column (clamp would hide it here
+    # and not in the reference): every row then keeps its vanilla routing, on both paths.
+    bad = m2 & ((x != x) | (tl.abs(x) == _POS_INF) | bias_nan[None, :])
     row_bad = tl.max(bad.to(tl.int32), axis=1) > 0
     s = tl.where(row_bad[:, None], 0.0, s)
     allowed = m2 & ((row_bad[:, None] == 0) | vanilla)
@@ -198,8 +202,9 @@ def _block_final(
 
 @triton.jit
 def _num_valid(n_ptr, T):
-    n = tl.load(n_ptr).to(tl.int32)
-    return tl.minimum(tl.maximum(n, 0), T)
+    # Clamp in the stored dtype first: an int64 count past 2**31 must not wrap (reference: all rows).
+    n = tl.load(n_ptr)
+    return tl.minimum(tl.maximum(n, 0), T).to(tl.int32)
 
 
 @triton.jit

@@ -110,6 +110,9 @@ class _FileEntry:
     where: str
 
 
+MAX_POLICY_FILE_BYTES = 1 << 20  # a policy file is a few hundred bytes
+
+
 def load_policy_file(path: str | Path) -> list[_FileEntry]:
     """Parse and validate a policy file; raise PolicyError naming the file, the entry, the field,
     the value and what is allowed. Format (docs/MODELS.md):
@@ -117,6 +120,11 @@ def load_policy_file(path: str | Path) -> list[_FileEntry]:
     """
     path = Path(path)
     try:
+        # A regular file only: a FIFO or a device would block startup or never end.
+        if path.exists() and not path.is_file():
+            raise PolicyError(f"policy file {path}: not a regular file")
+        if path.is_file() and path.stat().st_size > MAX_POLICY_FILE_BYTES:
+            raise PolicyError(f"policy file {path}: larger than {MAX_POLICY_FILE_BYTES} bytes")
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise PolicyError(f"policy file {path}: not found") from None
@@ -124,6 +132,8 @@ def load_policy_file(path: str | Path) -> list[_FileEntry]:
         raise PolicyError(f"policy file {path}: cannot be read ({e})") from None
     except json.JSONDecodeError as e:
         raise PolicyError(f"policy file {path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise PolicyError(f"policy file {path}: nested too deeply to be a policy file") from None
     if (
         not isinstance(data, dict)
         or set(data) != {"policies"}

@@ -70,6 +70,10 @@ class Policy:
                 or self.num_expert_group < 0:  # fmt: skip
             raise bad("num_expert_group", self.num_expert_group, "allowed: an integer >= 0")
         if self.layers is not None:
+            if isinstance(self.layers, (str, bytes)) or not hasattr(self.layers, "__iter__"):
+                raise bad(
+                    "layers", self.layers, "allowed: null (all) or a list of non-negative integers"
+                )
             layers = tuple(self.layers)
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
                 raise bad("layers", self.layers, "allowed: null (all) or non-negative integers")
