@@ -253,12 +253,13 @@ def _stats_loop(log_s: float, metrics_s: float) -> None:
     from lynx_ops.integration import metrics
 
     tick = min(v for v in (log_s, metrics_s) if v > 0)
+    failures = 0  # consecutive; the wait grows with them (backoff) and resets on success
     reader = SideReader()  # vLLM captures CUDA graphs while this thread reads: see capture_safe
     previous: dict[int, dict[str, int]] = {}
     next_log = next_publish = time.monotonic()
     next_log += log_s
     while True:
-        time.sleep(tick)
+        time.sleep(min(tick * 2**failures, 300.0))
         now = time.monotonic()
         publish = metrics_s > 0 and now >= next_publish
         log = log_s > 0 and now >= next_log
@@ -268,17 +269,19 @@ def _stats_loop(log_s: float, metrics_s: float) -> None:
             device = next((s.stats.buffer.device for s in LAYERS.values() if s.stats), None)
             with reader.reading(device):
                 rows = counters()  # one read of the device counters serves both
-            if publish:
-                next_publish = now + metrics_s
+            if publish:  # the next one is due an interval after a success (a failure retries)
                 metrics.publish(rows)
+                next_publish = now + metrics_s
             if log:
                 next_log = now + log_s
                 line = stats_line(previous, rows)
                 if line:
                     logger.info("[lynx] stats: %s", line)
-        except Exception as e:  # never let telemetry take the worker down
-            logger.warning("[lynx] stats unavailable: %s", e)
-            return
+            failures = 0
+        except Exception as e:  # never let telemetry take the worker down; retry with backoff
+            failures = min(failures + 1, 8)
+            logger.warning("[lynx] stats unavailable (%s); retrying in %.0f s", e,
+                           min(tick * 2**failures, 300.0))  # fmt: skip
 
 
 def counters() -> list[dict[str, int]]:

@@ -19,20 +19,48 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger("lynx_ops")
 DIR_ENV = "LYNX_METRICS_DIR"
 _COLLECTOR: Any = None
 
 
+def check_private_dir(path: Path) -> None:
+    """Refuse a metrics directory another local user could write to: it must be a real directory
+    (not a symlink), owned by this process's user, and not group- or world-writable. Otherwise
+    another user could plant counters, or make a file of ours be overwritten through a link."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise ValueError(f"{DIR_ENV}={path}: cannot be used ({e})") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{DIR_ENV}={path}: not a directory (symlinks are refused)")
+    if st.st_uid != os.getuid():
+        raise ValueError(f"{DIR_ENV}={path}: owned by uid {st.st_uid}, not by this user")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ValueError(f"{DIR_ENV}={path}: writable by group or others (mode "
+                         f"{stat.S_IMODE(st.st_mode):o}); use a private directory (0700)")  # fmt: skip
+
+
+_CHECKED: set[str] = set()
+
+
 def metrics_dir(create: bool = True) -> Path | None:
-    """The directory shared by this server's processes; made (and removed at exit) by the first."""
+    """The directory shared by this server's processes; made (and removed at exit) by the first.
+    A directory given through the environment is checked once per process (check_private_dir)."""
     path = os.environ.get(DIR_ENV)
     if path:
+        if path not in _CHECKED:
+            check_private_dir(Path(path))
+            _CHECKED.add(path)
         return Path(path)
     if not create:
         return None
@@ -48,19 +76,72 @@ def publish(rows: list[dict[str, Any]]) -> None:
     if directory is None or not directory.is_dir():
         return
     final = directory / f"worker-{os.getpid()}.json"
-    tmp = final.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "layers": rows}))
-    os.replace(tmp, final)
+    # A fresh, unpredictable temporary name (O_CREAT | O_EXCL, mode 0600), then an atomic rename:
+    # rename replaces a planted link itself, never the file it points to.
+    fd, tmp = tempfile.mkstemp(prefix=f"worker-{os.getpid()}-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"pid": os.getpid(), "layers": rows}))
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+_ROW_KEYS = ("layer", "top_k", "calls", "before", "after", "top1", "rows", "moved")
+_SKIPPED: set[str] = set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _valid_rows(record: Any) -> list[dict[str, int]] | None:
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        return None
+    layers = record.get("layers")
+    if not isinstance(layers, list):
+        return None
+    return [row for row in layers if isinstance(row, dict) and all(
+        isinstance(row.get(k), int) and not isinstance(row.get(k), bool) for k in _ROW_KEYS)]  # fmt: skip
+
+
+def _skip_once(path: Path, why: str) -> None:
+    if str(path) not in _SKIPPED:
+        _SKIPPED.add(str(path))
+        logger.warning("[lynx] /metrics skips %s: %s", path, why)
 
 
 def read_all(directory: Path) -> list[dict[str, Any]]:
-    """Every worker's latest file (a worker that has not written yet is simply absent)."""
+    """Every live worker's latest file, its well-formed rows only (a worker that has not written
+    yet is simply absent). A file that cannot be read or parsed, a malformed row, or the file of a
+    worker process that has exited is skipped (and said once): one bad file must not take down
+    the scrape, vLLM's own metrics included."""
     out = []
     for path in sorted(directory.glob("worker-*.json")):
         try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):  # replaced or removed while reading: next scrape has it
+            record = json.loads(path.read_text())
+        except FileNotFoundError:  # replaced or removed while reading: the next scrape has it
             continue
+        except (OSError, ValueError, RecursionError) as e:
+            _skip_once(path, f"unreadable ({e.__class__.__name__})")
+            continue
+        rows = _valid_rows(record)
+        if rows is None:
+            _skip_once(path, "not a Lynx worker file")
+            continue
+        if len(rows) != len(record["layers"]):
+            _skip_once(path, f"{len(record['layers']) - len(rows)} malformed rows")
+        if not _alive(record["pid"]):
+            continue  # a worker that has exited: its counters are no longer served
+        out.append({"pid": record["pid"], "layers": rows})
     return out
 
 

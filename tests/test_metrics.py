@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The /metrics hand-off (lynx_ops.integration.metrics) and the stats thread, without vLLM: bad
+worker files, stale workers, the metrics directory's safety, and telemetry that survives errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from lynx_ops.integration import metrics  # noqa: E402
+
+ROW = {"layer": 3, "top_k": 8, "calls": 10, "before": 500, "after": 300, "top1": 80, "rows": 80,
+       "moved": 40}  # fmt: skip
+
+
+def _values(directory):
+    out = {}
+    for family in metrics.LynxCollector(directory).collect():
+        for sample in family.samples:
+            out[(sample.name, sample.labels.get("worker"))] = sample.value
+    return out
+
+
+def _private(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def test_malformed_worker_files_are_skipped_not_fatal(tmp_path, caplog):
+    d = _private(tmp_path)
+    me = os.getpid()
+    (d / f"worker-{me}.json").write_text(json.dumps({"pid": me, "layers": [ROW, {"layer": 1}]}))
+    (d / "worker-1.json").write_text("{}")  # the probe's planted file: HTTP 500 before
+    (d / "worker-2.json").write_text("{not json")
+    (d / "worker-3.json").write_text(json.dumps({"pid": "x", "layers": 5}))
+    values = _values(d)  # no exception
+    assert values[("lynx_decode_remaps_total", str(me))] == 10
+    assert values[("lynx_experts_per_step_after", str(me))] == 30
+    assert {w for _, w in values} == {str(me)}
+    assert "worker-1.json" in caplog.text and "malformed rows" in caplog.text
+
+
+def test_exited_workers_are_not_served(tmp_path):
+    d = _private(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = int(proc.stdout)
+    (d / f"worker-{dead}.json").write_text(json.dumps({"pid": dead, "layers": [ROW]}))
+    assert _values(d) == {}
+
+
+def test_metrics_dir_must_be_private(tmp_path, monkeypatch):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    link = tmp_path / "link"
+    link.symlink_to(_private(tmp_path))
+    for bad, why in ((open_dir, "writable by group or others"), (link, "symlinks are refused"),
+                     (tmp_path / "missing", "cannot be used")):  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            metrics.check_private_dir(bad)
+    metrics.check_private_dir(tmp_path / "m")  # 0700, ours: accepted
+    monkeypatch.setenv(metrics.DIR_ENV, str(open_dir))
+    with pytest.raises(ValueError, match="LYNX_METRICS_DIR"):
+        metrics.metrics_dir()
+
+
+def test_publish_does_not_follow_a_planted_link(tmp_path, monkeypatch):
+    d = _private(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    # the temporary name the previous code used, planted as a link to another file
+    (d / f"worker-{os.getpid()}.tmp").symlink_to(victim)
+    (d / f"worker-{os.getpid()}.json").symlink_to(victim)
+    monkeypatch.setenv(metrics.DIR_ENV, str(d))
+    metrics.publish([ROW])
+    assert victim.read_text() == "precious"
+    final = d / f"worker-{os.getpid()}.json"
+    assert not final.is_symlink() and json.loads(final.read_text())["layers"] == [ROW]
+    assert oct(final.stat().st_mode & 0o777) == "0o600"
+
+
+def test_stats_thread_retries_after_an_error(monkeypatch):
+    """One failed publication (ENOSPC, say) used to end telemetry for the worker's life."""
+    import time
+
+    from lynx_ops.integration import layers
+
+    calls, waits, clock = [], [], [0.0]
+
+    def publish(rows):
+        calls.append(rows)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+
+    def sleep(seconds):
+        waits.append(seconds)
+        clock[0] += seconds
+        if len(waits) > 4:
+            raise SystemExit  # ends the loop (outside its error handling)
+
+    monkeypatch.setattr(metrics, "publish", publish)
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(layers, "LAYERS", {})
+    errors = []
+    thread = threading.Thread(target=lambda: _run(layers._stats_loop, errors), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert len(calls) >= 3, "telemetry stopped after the first error"
+    assert waits[1] == 2 * waits[0], "no backoff after the error"
+    assert waits[2] == waits[0], "the wait did not reset after a success"
+
+
+def _run(loop, errors):
+    try:
+        loop(0.0, 2.0)
+    except SystemExit:
+        pass
+    except Exception as e:  # pragma: no cover - reported by the assertions
+        errors.append(e)
