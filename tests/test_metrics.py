@@ -127,3 +127,39 @@ def _run(loop, errors):
         pass
     except Exception as e:  # pragma: no cover - reported by the assertions
         errors.append(e)
+
+
+MULTIPROC_SCRIPT = r"""
+import json, os, sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from lynx_ops.integration import metrics
+d = Path(os.environ["LYNX_METRICS_DIR"])
+row = json.loads(sys.argv[1])
+(d / f"worker-{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(), "layers": [row]}))
+for _ in range(2):  # two engines' loggers in one API server: the gauges register once
+    logger = metrics.stat_logger_class()(None, 0)
+logger.record(None, None)
+registry = CollectorRegistry()  # what vLLM serves under PROMETHEUS_MULTIPROC_DIR
+multiprocess.MultiProcessCollector(registry)
+print(generate_latest(registry).decode())
+"""
+
+
+def test_metrics_reach_a_multiprocess_registry(tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR (vLLM sets it for --api-server-count > 1) /metrics serves
+    prometheus_client's multiprocess registry, where the Lynx collector on the global registry
+    never appeared; the API server now re-exports the workers' counters there."""
+    pytest.importorskip("vllm")
+    prom, lynx = tmp_path / "prom", _private(tmp_path)
+    prom.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "LYNX_METRICS_DIR": str(lynx)}
+    proc = subprocess.run([sys.executable, "-c", MULTIPROC_SCRIPT, json.dumps(ROW)],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("lynx_")]
+    remaps = [ln for ln in lines if ln.startswith("lynx_decode_remaps_total{")]
+    assert len(remaps) == 1 and remaps[0].endswith(" 10.0") and 'layer="3"' in remaps[0]
+    assert any(
+        ln.startswith("lynx_experts_per_step_after{") and ln.endswith(" 30.0") for ln in lines
+    )

@@ -187,3 +187,31 @@ def test_a_fifo_as_policy_file_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(PolicyError, match="not a regular file"):
         load_policy_file(fifo)  # used to block on open() until a writer came
+
+
+QWEN3 = {"model_type": "qwen3_moe", "num_experts": 128, "num_experts_per_tok": 8,
+         "num_hidden_layers": 48}  # fmt: skip
+
+
+def test_policy_naming_layers_the_model_lacks_stops_at_startup(tmp_path):
+    """{"layers": [99]} on a 48-layer model used to start with Lynx acting nowhere, silently."""
+    path = tmp_path / "p.json"
+    path.write_text('{"policies": [{"model_type": "qwen3_moe", "layers": [3, 99, 120]}]}')
+    with pytest.raises(PolicyError, match=r"layers \[99, 120\] are not layers of this model "
+                                          r"\(qwen3_moe has 48 decoder layers, 0-47\)"):  # fmt: skip
+        select_policy(QWEN3, config_file=str(path))
+    path.write_text('{"policies": [{"model_type": "qwen3_moe", "layers": []}]}')
+    with pytest.raises(PolicyError, match="covers no layer"):
+        select_policy(QWEN3, config_file=str(path))
+    path.write_text('{"policies": [{"model_type": "qwen3_moe", "layers": [0, 47]}]}')
+    assert select_policy(QWEN3, config_file=str(path)).policy.layers == (0, 47)
+
+
+def test_policy_file_matching_nothing_is_reported_once(tmp_path, caplog):
+    path = tmp_path / "p.json"
+    path.write_text('{"policies": [{"model_type": "mixtral", "beta": 1}]}')
+    for _ in range(2):
+        selection = select_policy(QWEN3, config_file=str(path))
+    assert selection.policy is not None and selection.policy.source == "builtin"
+    lines = [r for r in caplog.records if "no entry matches this model" in r.getMessage()]
+    assert len(lines) == 1 and "mixtral" in lines[0].getMessage()

@@ -22,11 +22,19 @@ def problems(on_cpu: bool) -> list[str]:
         found.append(f"vLLM {version} is not a supported release ({', '.join(SUPPORTED_VLLM)}.x)")
     checks = [
         ("vllm.model_executor.layers.fused_moe.runner.moe_runner", "MoERunner", "register_oot"),
+        # The router method wrap_router replaces per instance, and the one that calls it.
+        (
+            "vllm.model_executor.layers.fused_moe.router.base_router",
+            "BaseRouter",
+            "_compute_routing",
+        ),
         (
             "vllm.model_executor.layers.fused_moe.router.base_router",
             "BaseRouter",
             "_select_experts",
         ),
+        # The stat-logger factory list metrics.install_stat_logger extends (when metrics are on).
+        ("vllm.v1.metrics.loggers", "load_stat_logger_plugin_factories", None),
         ("vllm.forward_context", "get_forward_context", None),
         ("vllm.config", "CUDAGraphMode", "separate_routine"),
     ]

@@ -29,6 +29,7 @@ from typing import Any
 logger = logging.getLogger("lynx_ops")
 DIR_ENV = "LYNX_METRICS_DIR"
 _COLLECTOR: Any = None
+_EXPORT: Any = None
 
 
 def check_private_dir(path: Path) -> None:
@@ -208,17 +209,76 @@ def register_collector() -> None:
     REGISTRY.register(_COLLECTOR)
 
 
+class MultiprocessExport:
+    """Lynx's families for `/metrics` when PROMETHEUS_MULTIPROC_DIR is set (vLLM sets it itself
+    for --api-server-count > 1): `/metrics` then serves a fresh registry fed by prometheus_client's
+    multiprocess files, where a collector on the global registry never appears. So each API server
+    re-exports the workers' files as multiprocess gauges, refreshed from vLLM's per-step stat
+    hook at most once per VLLM_LYNX_METRICS_INTERVAL. Mode "max": every API server reads the same
+    files, and the largest (freshest) cumulative value is the one served."""
+
+    def __init__(self, directory: Path, interval_s: float) -> None:
+        from prometheus_client import Gauge
+
+        labels = ["layer", "worker"]
+        self.directory, self.interval_s, self.next_s = directory, interval_s, 0.0
+        self.counters = {key: Gauge(f"lynx_{name}_total", doc, labels, multiprocess_mode="max")
+                         for name, doc, key in COUNTERS}  # fmt: skip
+        self.before = Gauge("lynx_experts_per_step_before", "Mean distinct experts per remapped "
+                            "decode step, stock routing", labels, multiprocess_mode="max")  # fmt: skip
+        self.after = Gauge("lynx_experts_per_step_after", "Mean distinct experts per remapped "
+                           "decode step, with Lynx", labels, multiprocess_mode="max")  # fmt: skip
+        self.share = Gauge("lynx_moved_assignment_share", "Share of token-to-expert assignments "
+                           "the remap moved", labels, multiprocess_mode="max")  # fmt: skip
+
+    def refresh(self, now: float) -> None:
+        from lynx_ops.stats import LayerStats
+
+        if now < self.next_s:
+            return
+        self.next_s = now + self.interval_s
+        for worker in read_all(self.directory):
+            for row in worker["layers"]:
+                values = (str(row["layer"]), str(worker["pid"]))
+                for _name, _doc, key in COUNTERS:
+                    self.counters[key].labels(*values).set(row[key])
+                stats = LayerStats(row["layer"], row["calls"], row["before"], row["after"],
+                                   row["top1"], row["rows"], row["moved"])  # fmt: skip
+                if stats.calls:
+                    self.before.labels(*values).set(stats.mean_before)
+                    self.after.labels(*values).set(stats.mean_after)
+                if stats.rows and row["top_k"]:
+                    self.share.labels(*values).set(stats.moved_share(row["top_k"]))
+
+
 def stat_logger_class():
-    """vLLM's stat-logger interface, implemented only to hook the API server's startup: Lynx's
-    numbers come from the device counters, not from vLLM's per-iteration stats."""
+    """vLLM's stat-logger interface, implemented to hook the API server: Lynx's numbers come from
+    the device counters, not from vLLM's per-iteration stats. With one API server a collector on
+    the registry vLLM serves reads the workers' files at scrape time; with PROMETHEUS_MULTIPROC_DIR
+    (several API servers) the per-step hook re-exports them as multiprocess gauges."""
+    import time
+
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     class LynxStatLogger(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            register_collector()
+            from lynx_ops import envs
+
+            global _EXPORT
+            self.export = None
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                if _EXPORT is None:  # one per process: the gauges register once
+                    _EXPORT = MultiprocessExport(metrics_dir(), envs.VLLM_LYNX_METRICS_INTERVAL)
+                self.export = _EXPORT
+            else:
+                register_collector()
 
         def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
-            pass
+            if self.export is not None:
+                try:
+                    self.export.refresh(time.monotonic())
+                except Exception as e:  # telemetry never takes the API server down
+                    logger.warning("[lynx] /metrics export failed: %s", e)
 
         def log_engine_initialized(self) -> None:
             pass

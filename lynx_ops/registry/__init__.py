@@ -177,6 +177,34 @@ def _matches(model_type, archs, types, arch_names) -> bool:
 
 
 _FROM_ENV = object()
+_LOGGED: set[str] = set()
+
+
+def _log_once(key: str, msg: str, *args: Any) -> None:
+    import logging
+
+    with _LOCK:
+        if key in _LOGGED:
+            return
+        _LOGGED.add(key)
+    logging.getLogger("lynx_ops").warning("[lynx] " + msg, *args)
+
+
+def _check_layers(policy: Policy, config: Any, label: str) -> None:
+    """An explicit `layers` list must name layers the model has: a policy that covers none would
+    leave Lynx acting nowhere, silently."""
+    if policy.layers is None:
+        return
+    if not policy.layers:
+        raise PolicyError(f"{policy.source}: layers=[] covers no layer; omit 'layers' for all MoE "
+                          "layers or name some")  # fmt: skip
+    depth = cfg(config, "num_hidden_layers", default=None)
+    if depth is None:
+        return
+    missing = sorted(i for i in policy.layers if i >= int(depth))
+    if missing:
+        raise PolicyError(f"{policy.source}: layers {missing} are not layers of this model "
+                          f"({label} has {depth} decoder layers, 0-{int(depth) - 1})")  # fmt: skip
 
 
 def select_policy(config: Any, config_file: Any = _FROM_ENV) -> Selection:
@@ -201,7 +229,8 @@ def select_policy(config: Any, config_file: Any = _FROM_ENV) -> Selection:
         base = fallback_policy(num_experts, top_k, config)
 
     if config_file is not None:
-        for entry in load_policy_file(config_file):
+        entries = load_policy_file(config_file)
+        for entry in entries:
             if _matches(model_type, archs, (entry.model_type,), (entry.architecture,)):
                 start = base or Policy(label, alpha=1.0, beta=1)
                 try:
@@ -209,9 +238,16 @@ def select_policy(config: Any, config_file: Any = _FROM_ENV) -> Selection:
                 except PolicyError as e:
                     raise PolicyError(f"{entry.where}: {e}") from None
                 break
+        else:
+            if entries:
+                _log_once(f"{config_file}#{model_type}#{archs}",
+                          "policy file %s: no entry matches this model (model_type=%s, "
+                          "architectures=%s); its entries name %s", config_file, model_type, archs,
+                          [e.model_type or e.architecture for e in entries])  # fmt: skip
 
     if base is None:
         return Selection(None, f"{label}: not a recognised MoE config (no experts/top-k found)")
+    _check_layers(base, config, label)
     if num_experts and top_k:
         base.check_model(num_experts, top_k)
         if top_k == num_experts:
