@@ -16,6 +16,12 @@ _LOCK = threading.Lock()
 _STATE = {"installed": False, "refused": None}
 
 
+def is_installed() -> bool:
+    """True in a process where the plugin has hooked vLLM (VLLM_LYNX_ENABLED=1 and vLLM
+    supported); the public way for tools to ask."""
+    return bool(_STATE["installed"])
+
+
 def register() -> None:
     from lynx_ops import envs
 

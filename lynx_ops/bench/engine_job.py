@@ -40,7 +40,7 @@ def _lynx_snapshot(worker):
 def _lynx_active() -> bool:
     from lynx_ops import plugin
 
-    return bool(plugin._STATE["installed"])
+    return plugin.is_installed()
 
 
 def main(spec_path: str) -> None:

@@ -104,7 +104,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     llm = LLM(model=spec["model"], seed=0, logprobs_mode="raw_logprobs",
               logits_processors=[TeacherForcing], **spec.get("engine", {}))  # fmt: skip
-    lynx = bool(plugin._STATE["installed"])
+    lynx = plugin.is_installed()
     tok = llm.get_tokenizer()
     p_len, f_len = spec["prompt_len"], spec["forced_len"]
     pool = windows(tok, max(spec["batches"]), p_len + f_len)

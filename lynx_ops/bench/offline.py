@@ -98,7 +98,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     progress(f"starting engine for {spec['model']}")
     llm = LLM(model=spec["model"], skip_tokenizer_init=True, seed=0, **engine_kwargs(spec))
-    lynx = bool(plugin._STATE["installed"])
+    lynx = plugin.is_installed()
     out: dict[str, Any] = {"startup_s": round(time.perf_counter() - t0, 1), "lynx": lynx}
     if spec.get("spread") is not None:
         out["router"] = llm.collective_rpc(dummy_loader.last_draw)[0]

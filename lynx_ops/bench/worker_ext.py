@@ -24,7 +24,7 @@ def lynx_snapshot(worker: Any) -> dict[str, dict[str, float]]:
     """Per-layer counters of this worker (layers.snapshot()); {} when Lynx is not installed."""
     from lynx_ops import plugin
 
-    if not plugin._STATE["installed"]:
+    if not plugin.is_installed():
         return {}
     from lynx_ops.integration import layers
 
@@ -34,7 +34,7 @@ def lynx_snapshot(worker: Any) -> dict[str, dict[str, float]]:
 def lynx_reset(worker: Any) -> None:
     from lynx_ops import plugin
 
-    if plugin._STATE["installed"]:
+    if plugin.is_installed():
         from lynx_ops.integration import layers
 
         layers.reset()
@@ -72,7 +72,7 @@ class LynxBenchWorker:
         graph captures; a graph replay runs no Python); {} when Lynx is not installed."""
         from lynx_ops import plugin
 
-        if not plugin._STATE["installed"]:
+        if not plugin.is_installed():
             return {}
         from lynx_ops.integration import layers
 
