@@ -12,6 +12,7 @@ the run (after warm-up and caches) to the end.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from pathlib import Path
@@ -40,11 +41,29 @@ def _tree_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+async def _one_request(session, url: str, model: str, prompt: list[int], out_len: int) -> dict:
+    """One streamed completion; valid when it streams exactly `out_len` tokens."""
+    body = {"model": model, "prompt": prompt, "max_tokens": out_len, "temperature": 0.0,
+            "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+    tokens = 0
+    async with session.post(url + "/v1/completions", json=body) as resp:
+        if resp.status != 200:
+            return {"ok": False, "status": resp.status, "error": (await resp.text())[:300]}
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            usage = json.loads(line[5:]).get("usage") or {}
+            tokens = max(tokens, int(usage.get("completion_tokens") or 0))
+    if not tokens:
+        return {"ok": False, "error": "no tokens streamed"}
+    return {"ok": tokens == out_len, "tokens": tokens}
+
+
 async def _client_loop(url: str, model: str, spec: dict, deadline: float, seed: int,
                        tally: dict) -> None:  # fmt: skip
     import aiohttp
-
-    from lynx_ops.bench.online import _one_request
 
     rng = random.Random(seed)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:

@@ -25,6 +25,7 @@ def test_lynx_bench_soak_tiny(tmp_path):
         capture_output=True, text=True, timeout=1200,
         env={**os.environ, "VLLM_LYNX_METRICS_INTERVAL": "1"},
     )  # fmt: skip
+    assert (out / "soak.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = json.loads((out / "soak.json").read_text())["runs"]
     for mode in ("off", "on"):
         r = runs[mode]
