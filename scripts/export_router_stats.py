@@ -4,7 +4,7 @@
     python scripts/export_router_stats.py [--model DIR] [--out lynx_ops/bench/router_stats/embedded.json]
 
 Runs the checkpoint (HF transformers, CPU is enough) on held-out corpus files, captures every MoE
-gate's logits and fits the two numbers `router_realism.rescale_gates` draws gates from:
+gate's logits and fits the two numbers `router_realism.draw_routers` draws gates from (the `lynx_dummy` load format):
 
 * per expert e, sigma_e = std over tokens of logit[e]; a re-drawn gate has sigma_e = spread *
   exp(skew * b_e) with b_e ~ N(0, 1), so spread = exp(mean log sigma_e), skew = std log sigma_e;
