@@ -45,23 +45,32 @@ def _model(worker: Any) -> torch.nn.Module:
     return runner.model if hasattr(runner, "model") else runner.get_model()
 
 
-def find_gates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Router gates: modules named '*.gate' or '*.router' whose weight is [num_experts, hidden]
-    and whose parent holds a FusedMoE runner."""
+def _gate_candidates(model: torch.nn.Module):
+    """(name, module, num_experts) for each '*.gate' / '*.router' module with a weight, in a
+    module whose child is a FusedMoE runner (the runner may hold the gate itself)."""
     from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
-    gates = {}
     for name, module in model.named_modules():
-        if not any(isinstance(child, MoERunner) for child in module.children()):
+        experts = next((c for c in module.children() if isinstance(c, MoERunner)), None)
+        if experts is None:
             continue
-        experts = next(c for c in module.children() if isinstance(c, MoERunner))
-        num_experts = experts.moe_config.num_experts
         for child_name in ("gate", "router"):
             gate = getattr(module, child_name, None) or getattr(experts, child_name, None)
-            weight = getattr(gate, "weight", None)
-            if weight is not None and weight.dim() == 2 and weight.shape[0] == num_experts:
-                gates[f"{name}.{child_name}"] = gate
-                break
+            if getattr(gate, "weight", None) is not None:
+                yield f"{name}.{child_name}", gate, experts.moe_config.num_experts
+
+
+def find_gates(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Router gates: modules named '*.gate' or '*.router' whose weight is [num_experts, hidden]
+    and whose parent holds a FusedMoE runner (the first such name per MoE block)."""
+    gates: dict[str, torch.nn.Module] = {}
+    blocks: set[str] = set()
+    for name, gate, num_experts in _gate_candidates(model):
+        block = name.rsplit(".", 1)[0]
+        weight = gate.weight
+        if block not in blocks and weight.dim() == 2 and weight.shape[0] == num_experts:
+            gates[name] = gate
+            blocks.add(block)
     return gates
 
 
@@ -107,7 +116,7 @@ def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dic
     args=...)`). Only where vLLM keeps the gate weights after loading (GPU, or a CPU without a
     packed GEMM path); elsewhere it raises, naming the `lynx_dummy` load format to use instead."""
     model = _model(worker)
-    if any(g.weight.numel() == 0 for g in _gate_candidates(model)):
+    if any(gate.weight.numel() == 0 for _, gate, _ in _gate_candidates(model)):
         raise RuntimeError(
             "router realism after load: vLLM has packed this model's gate weights for its own "
             "GEMM and emptied `weight` (the CPU backend's oneDNN/AMX path), so they cannot be "
@@ -115,17 +124,6 @@ def rescale_gates(worker: Any, spread: float, skew: float, seed: int = 0) -> dic
             "which draws them before vLLM processes the weights"
         )
     return draw_routers(model, spread, skew, seed)
-
-
-def _gate_candidates(model: torch.nn.Module):
-    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
-
-    for module in model.modules():
-        if any(isinstance(child, MoERunner) for child in module.children()):
-            for child_name in ("gate", "router"):
-                gate = getattr(module, child_name, None)
-                if getattr(gate, "weight", None) is not None:
-                    yield gate
 
 
 @torch.no_grad()

@@ -47,7 +47,7 @@ def gate_report(worker) -> dict:
     from lynx_ops.bench import router_realism
 
     model = router_realism._model(worker)
-    gates = list(router_realism._gate_candidates(model))
+    gates = [gate for _, gate, _ in router_realism._gate_candidates(model)]
     report = {"gates": len(gates), "weight_numel": [int(g.weight.numel()) for g in gates]}
     with torch.no_grad():
         report["logit_std"] = _logit_std(gates)
