@@ -402,8 +402,8 @@ def _serve_setup(args: argparse.Namespace, prefix: str, max_tokens: int):
     if args.shape:
         cfg = json.loads((Path(model) / "config.json").read_text())
         model_configs.write_tokenizer(model, int(cfg["vocab_size"]))
-        serve_args += ["--load-format=dummy"] if args.router is None else []
-        serve_args += router_serve_args(args.router.loader_config() if args.router else None)
+        serve_args += (router_serve_args(args.router.loader_config()) if args.router
+                       else ["--load-format=dummy"])  # fmt: skip
     return out_dir, work, model, vocab, serve_args
 
 
@@ -549,10 +549,6 @@ def _print_online(agg, best, slos, router, prov, sides) -> None:
             f"; Lynx/stock {l_b['output_tok_s'] / s_b['output_tok_s']:.2f}x" if s_b and l_b else ""
         )
         print(f"best throughput with p50 TPOT <= {slo:.2f} ms: " + ", ".join(parts) + ratio)
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:

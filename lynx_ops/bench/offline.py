@@ -76,10 +76,11 @@ def engine_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
         if kwargs["load_format"] != "dummy":
             raise ValueError("router realism (spread) needs dummy weights, not load_format="
                              f"{kwargs['load_format']!r}")  # fmt: skip
+        from lynx_ops.bench.router_realism import Router
+
+        router = Router(spec["spread"], spec.get("skew", 0.0), spec.get("router_name") or "custom")
         kwargs["load_format"] = "lynx_dummy"
-        kwargs["model_loader_extra_config"] = {
-            "spread": spec["spread"], "skew": spec.get("skew", 0.0), "seed": spec.get("seed", 0),
-            "router": spec.get("router_name", "custom")}  # fmt: skip
+        kwargs["model_loader_extra_config"] = router.loader_config(spec.get("seed", 0))
         # Every worker imports the extension before loading, which registers the load format
         # there too (workers in their own processes under tensor parallelism).
         kwargs.setdefault("worker_extension_cls", "lynx_ops.bench.worker_ext.LynxBenchWorker")

@@ -53,10 +53,8 @@ def _post(url: str, body: dict, timeout: float = 600) -> Any:
         return json.loads(text) if text else None
 
 
-def router_serve_args(router: dict | None) -> list[str]:
-    """`vllm serve` arguments for router realism on dummy weights (None: none)."""
-    if router is None:
-        return []
+def router_serve_args(router: dict) -> list[str]:
+    """`vllm serve` arguments for router realism on dummy weights (Router.loader_config())."""
     return ["--load-format=lynx_dummy", f"--model-loader-extra-config={json.dumps(router)}"]
 
 
@@ -179,13 +177,9 @@ def request_tpots_ms(result: dict) -> list[float | None]:
 
 
 def _goodput(tpots: list, lens: list[int], duration: float, slo_ms: float) -> tuple[float, float]:
+    """(requests/s, output tokens/s) of completed requests whose TPOT meets `slo_ms`."""
     good = [n for t, n in zip(tpots, lens, strict=True) if t is not None and t <= slo_ms]
     return len(good) / duration, sum(good) / duration
-
-
-def goodput(result: dict, slo_ms: float) -> tuple[float, float]:
-    """(requests/s, output tokens/s) of completed requests whose TPOT meets `slo_ms`."""
-    return _goodput(request_tpots_ms(result), result["output_lens"], result["duration"], slo_ms)
 
 
 def add_goodput(row: dict, slos: list[float]) -> None:
