@@ -65,12 +65,12 @@ class TeacherForcing(LogitsProcessor):
         return logits
 
 
-def windows(tokenizer, count: int, length: int) -> list[list[int]]:
+def windows(tokenizer, count: int, length: int) -> tuple[list[list[int]], list[int]]:
     """`count` token windows of `length` from the held-out files, one per file first: the first
-    window of every file, then the second of every file, and so on. Windows of one file share
-    experts far more than independent requests do, so a batch of consecutive windows of one file
-    would overstate the reduction; up to the number of held-out files (34 on Python 3.11) every
-    window of a batch comes from its own document."""
+    window of every file, then the second of every file, and so on, with the index of the file
+    each came from. Windows of one file share experts far more than independent requests do, so
+    a batch of consecutive windows of one file would overstate the reduction; up to the number of
+    held-out files (34 on Python 3.11) every window of a batch comes from its own document."""
     from lynx_ops.embedded import corpus
 
     per_file = []
@@ -78,21 +78,15 @@ def windows(tokenizer, count: int, length: int) -> list[list[int]]:
         ids = tokenizer.encode(text)
         per_file.append([ids[s : s + length] for s in range(0, len(ids) - length, length)])
     out: list[list[int]] = []
+    sources: list[int] = []
     for rank in range(max((len(w) for w in per_file), default=0)):
-        for wins in per_file:
+        for file_index, wins in enumerate(per_file):
             if rank < len(wins):
                 out.append(wins[rank])
+                sources.append(file_index)
                 if len(out) == count:
-                    return out
+                    return out, sources
     raise ValueError(f"held-out corpus has only {len(out)} windows of {length} tokens")
-
-
-def distinct_documents(count: int, tokenizer, length: int) -> int:
-    """How many of the first `count` windows come from different files."""
-    from lynx_ops.embedded import corpus
-
-    files = sum(len(tokenizer.encode(t)) > length for t in corpus.texts("heldout"))
-    return min(count, files)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -107,10 +101,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     lynx = plugin.is_installed()
     tok = llm.get_tokenizer()
     p_len, f_len = spec["prompt_len"], spec["forced_len"]
-    pool = windows(tok, max(spec["batches"]), p_len + f_len)
+    pool, sources = windows(tok, max(spec["batches"]), p_len + f_len)
     result: dict[str, Any] = {"lynx": lynx, "rows": []}
     if spec.get("timed"):  # warm-up first, then timed greedy decode (main job)
-        result["timed"] = _timed(llm, pool, spec["timed"], lynx)
+        result["timed"] = _timed(llm, pool, p_len, spec["timed"], lynx)
     for batch in spec["batches"]:
         wins = pool[:batch]
         prompts = [TokensPrompt(prompt_token_ids=w[:p_len]) for w in wins]
@@ -132,7 +126,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             use_tqdm=False,
         )  # fmt: skip
         result["rows"].append({
-            "batch": batch, "documents": distinct_documents(batch, tok, p_len + f_len),
+            "batch": batch, "documents": len(set(sources[:batch])),
             "tokens_scored": len(nll), "forced_tokens_followed": follows,
             "nll_per_token": statistics.mean(nll), "perplexity": math.exp(statistics.mean(nll)),
             "greedy": [list(g.outputs[0].token_ids) for g in greedy],
@@ -145,7 +139,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _timed(llm, pool: list[list[int]], timed: dict, lynx: bool) -> dict[str, Any]:
+def _timed(llm, pool: list[list[int]], prompt_len: int, timed: dict, lynx: bool) -> dict[str, Any]:
     """Greedy generation of `tokens` per prompt for `batch` prompts: once to warm up (first use
     compiles), then `repeats` timed runs; output tokens/s is the median."""
     import time
@@ -154,7 +148,7 @@ def _timed(llm, pool: list[list[int]], timed: dict, lynx: bool) -> dict[str, Any
 
     from lynx_ops.bench.worker_ext import lynx_reset, lynx_snapshot, summarize
 
-    prompts = [TokensPrompt(prompt_token_ids=w[:64]) for w in pool[: timed["batch"]]]
+    prompts = [TokensPrompt(prompt_token_ids=w[:prompt_len]) for w in pool[: timed["batch"]]]
     params = SamplingParams(max_tokens=timed["tokens"], temperature=0.0, ignore_eos=True)
     llm.generate(prompts, params, use_tqdm=False)
     if lynx:
