@@ -157,6 +157,34 @@ COUNTERS = (
 )  # fmt: skip
 
 
+# name suffix, help text: the per-layer means derived from the counters
+GAUGES = (
+    ("experts_per_step_before", "Mean distinct experts per remapped decode step, stock routing"),
+    ("experts_per_step_after", "Mean distinct experts per remapped decode step, with Lynx"),
+    ("moved_assignment_share", "Share of token-to-expert assignments the remap moved"),
+)
+LABELS = ["layer", "worker"]
+
+
+def samples(directory: Path):
+    """(family name without `lynx_`, (layer, worker), value) for every well-formed row of every
+    live worker: the COUNTERS, then the GAUGES where they are defined (a mean needs calls)."""
+    from lynx_ops.stats import LayerStats
+
+    for worker in read_all(directory):
+        for row in worker["layers"]:
+            labels = (str(row["layer"]), str(worker["pid"]))
+            for name, _doc, key in COUNTERS:
+                yield name, labels, row[key]
+            stats = LayerStats(row["layer"], row["calls"], row["before"], row["after"],
+                               row["top1"], row["rows"], row["moved"])  # fmt: skip
+            if stats.calls:
+                yield "experts_per_step_before", labels, stats.mean_before
+                yield "experts_per_step_after", labels, stats.mean_after
+            if stats.rows and row["top_k"]:
+                yield "moved_assignment_share", labels, stats.moved_share(row["top_k"])
+
+
 class LynxCollector:
     """Prometheus collector: the workers' files, read at scrape time."""
 
@@ -166,34 +194,13 @@ class LynxCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from lynx_ops.stats import LayerStats
-
-        labels = ["layer", "worker"]
-        families = {key: CounterMetricFamily(f"lynx_{name}", doc, labels=labels)
-                    for name, doc, key in COUNTERS}  # fmt: skip
-        before = GaugeMetricFamily("lynx_experts_per_step_before",
-                                   "Mean distinct experts per remapped decode step, stock routing",
-                                   labels=labels)  # fmt: skip
-        after = GaugeMetricFamily("lynx_experts_per_step_after",
-                                  "Mean distinct experts per remapped decode step, with Lynx",
-                                  labels=labels)  # fmt: skip
-        share = GaugeMetricFamily("lynx_moved_assignment_share",
-                                  "Share of token-to-expert assignments the remap moved",
-                                  labels=labels)  # fmt: skip
-        for worker in read_all(self.directory):
-            for row in worker["layers"]:
-                values = [str(row["layer"]), str(worker["pid"])]
-                for _name, _doc, key in COUNTERS:
-                    families[key].add_metric(values, row[key])
-                stats = LayerStats(row["layer"], row["calls"], row["before"], row["after"],
-                                   row["top1"], row["rows"], row["moved"])  # fmt: skip
-                if stats.calls:
-                    before.add_metric(values, stats.mean_before)
-                    after.add_metric(values, stats.mean_after)
-                if stats.rows and row["top_k"]:
-                    share.add_metric(values, stats.moved_share(row["top_k"]))
+        families = {name: CounterMetricFamily(f"lynx_{name}", doc, labels=LABELS)
+                    for name, doc, _key in COUNTERS}  # fmt: skip
+        families.update({name: GaugeMetricFamily(f"lynx_{name}", doc, labels=LABELS)
+                         for name, doc in GAUGES})  # fmt: skip
+        for name, labels, value in samples(self.directory):
+            families[name].add_metric(list(labels), value)
         yield from families.values()
-        yield from (before, after, share)
 
 
 def register_collector() -> None:
@@ -220,35 +227,19 @@ class MultiprocessExport:
     def __init__(self, directory: Path, interval_s: float) -> None:
         from prometheus_client import Gauge
 
-        labels = ["layer", "worker"]
         self.directory, self.interval_s, self.next_s = directory, interval_s, 0.0
-        self.counters = {key: Gauge(f"lynx_{name}_total", doc, labels, multiprocess_mode="max")
-                         for name, doc, key in COUNTERS}  # fmt: skip
-        self.before = Gauge("lynx_experts_per_step_before", "Mean distinct experts per remapped "
-                            "decode step, stock routing", labels, multiprocess_mode="max")  # fmt: skip
-        self.after = Gauge("lynx_experts_per_step_after", "Mean distinct experts per remapped "
-                           "decode step, with Lynx", labels, multiprocess_mode="max")  # fmt: skip
-        self.share = Gauge("lynx_moved_assignment_share", "Share of token-to-expert assignments "
-                           "the remap moved", labels, multiprocess_mode="max")  # fmt: skip
+        # the counters keep the names a counter family exposes (with _total)
+        named = [(name, f"lynx_{name}_total", doc) for name, doc, _key in COUNTERS]
+        named += [(name, f"lynx_{name}", doc) for name, doc in GAUGES]
+        self.gauges = {name: Gauge(full, doc, LABELS, multiprocess_mode="max")
+                       for name, full, doc in named}  # fmt: skip
 
     def refresh(self, now: float) -> None:
-        from lynx_ops.stats import LayerStats
-
         if now < self.next_s:
             return
         self.next_s = now + self.interval_s
-        for worker in read_all(self.directory):
-            for row in worker["layers"]:
-                values = (str(row["layer"]), str(worker["pid"]))
-                for _name, _doc, key in COUNTERS:
-                    self.counters[key].labels(*values).set(row[key])
-                stats = LayerStats(row["layer"], row["calls"], row["before"], row["after"],
-                                   row["top1"], row["rows"], row["moved"])  # fmt: skip
-                if stats.calls:
-                    self.before.labels(*values).set(stats.mean_before)
-                    self.after.labels(*values).set(stats.mean_after)
-                if stats.rows and row["top_k"]:
-                    self.share.labels(*values).set(stats.moved_share(row["top_k"]))
+        for name, labels, value in samples(self.directory):
+            self.gauges[name].labels(*labels).set(value)
 
 
 def stat_logger_class():
