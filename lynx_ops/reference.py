@@ -105,7 +105,8 @@ def remap_ref(
     scale: float,
     num_expert_group: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference `lynx::remap`. Inputs are assumed valid (the op validates them first).
+    """Reference `lynx::remap`. Shapes, dtypes and scalars are assumed valid (the op validates
+    them first); the ids' range and distinctness are checked here on CPU tensors.
 
     Returns new `(topk_weights [T, k], topk_ids [T, k], touched [5] int32)`; `touched` holds, over
     the valid rows: distinct experts before and after the remap, rows that keep their top-1 expert
@@ -119,7 +120,18 @@ def remap_ref(
     valid = torch.arange(num_rows, device=device) < num_valid.reshape(-1)[0]  # [T], no host sync
 
     vanilla = torch.zeros(num_rows, num_experts, dtype=torch.int64, device=device)
+    # The router's contract: every row's ids are k distinct experts in [0, E). Checked on CPU
+    # tensors, where it is free; on a GPU it would need a host sync, so there it is a documented
+    # precondition (docs/ARCHITECTURE.md, "Preconditions").
+    on_cpu = device.type == "cpu" and topk_ids.numel() > 0
+    if on_cpu:
+        low, high = (int(v) for v in torch.aminmax(topk_ids))
+        if low < 0 or high >= num_experts:
+            raise ValueError(f"lynx::remap: topk_ids must be in [0, E={num_experts}), got values "
+                             f"in [{low}, {high}]")  # fmt: skip
     vanilla.scatter_(1, topk_ids.long(), 1)
+    if on_cpu and bool((vanilla.sum(dim=1) != k).any()):  # a repeated id marks fewer than k
+        raise ValueError("lynx::remap: topk_ids has a row naming the same expert twice")
 
     # Selection scores, with experts outside the row's allowed groups at -inf. A row with a
     # non-finite logit (a broken checkpoint, an overflow upstream) keeps its vanilla routing: its
