@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Benchmark plots with matplotlib (the `bench` extra; the GPU machine's image has it too)."""
+"""Benchmark plots with matplotlib (`pip install lynx-ops[bench]`; the GPU machine's image has it,
+the CPU tier installs it from requirements/test.txt)."""
 
 from __future__ import annotations
 
