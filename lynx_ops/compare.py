@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                          "cache is --kv-cache-mib either way. Lower it on a shared GPU")  # fmt: skip
     args = ap.parse_args(argv)
 
-    from lynx_ops.bench.cli import _run_worker, common_prefix
+    from lynx_ops.bench.workers import common_prefix, run_worker
 
     prompt_len = 64
     spec = {"model": args.model, "batches": [args.batch], "prompt_len": prompt_len,
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for label, env in (("stock", {}), ("lynx", {"VLLM_LYNX_ENABLED": "1"})):
         try:
-            results[label] = _run_worker(label, spec, env, work, "lynx_ops.bench.fidelity")
+            results[label] = run_worker(label, spec, env, work, "lynx_ops.bench.fidelity")
         except SystemExit as e:
             print(f"[lynx compare] {e}", flush=True)
             return 1

@@ -15,27 +15,39 @@ import math
 
 import torch
 
-from lynx_ops.reference import remap_ref
+from lynx_ops.reference import budget_ref, keep_ref, remap_ref
 from lynx_ops.routing import (
     MAX_BETA,
     MAX_KERNEL_EXPERTS,
     MAX_KERNEL_ROWS,
     TOUCHED_LEN,
+    BatchScore,
     Scoring,
     WeightRule,
 )
 
-SCHEMA = (
-    "remap(Tensor scores, Tensor topk_weights, Tensor topk_ids, Tensor num_valid, "
-    "Tensor? correction_bias, float alpha, int beta, int scoring, int weight_rule, float scale, "
-    "int num_expert_group) -> (Tensor, Tensor, Tensor)"
+_HEAD = (
+    "Tensor scores, Tensor topk_weights, Tensor topk_ids, Tensor num_valid, Tensor? correction_bias"
 )
+_TAIL = (
+    "int scoring, int weight_rule, float scale, int num_expert_group) -> (Tensor, Tensor, Tensor)"
+)
+# The policy family (docs/ALGORITHM.md): `remap` is Lynx's bins; `remap_budget` keeps at most K
+# experts per step, K read from a device tensor; `remap_keep` keeps each row's top-k0.
+SCHEMA = f"remap({_HEAD}, float alpha, int beta, {_TAIL}"
+SCHEMA_BUDGET = (
+    f"remap_budget({_HEAD}, Tensor budget, float fraction, int batch_score, float alpha, int beta, "
+    f"{_TAIL}"
+)
+SCHEMA_KEEP = f"remap_keep({_HEAD}, int k0, {_TAIL}"
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ID_DTYPES = (torch.int32, torch.int64)
 
 _lib = torch.library.Library("lynx", "FRAGMENT")
 _lib.define(SCHEMA)
+_lib.define(SCHEMA_BUDGET)
+_lib.define(SCHEMA_KEEP)
 
 
 def check_remap_inputs(
@@ -50,12 +62,67 @@ def check_remap_inputs(
     weight_rule: int,
     scale: float,
     num_expert_group: int,
+    op: str = "remap",
 ) -> None:
     """Raise ValueError naming the argument, the value and what is allowed. Uses metadata only,
     so it runs unchanged on fake tensors while torch.compile traces."""
 
     def fail(what: str) -> None:
-        raise ValueError(f"lynx::remap: {what}")
+        raise ValueError(f"lynx::{op}: {what}")
+
+    _check_routing(scores, topk_weights, topk_ids, num_valid, correction_bias, scoring,
+                   weight_rule, scale, num_expert_group, fail)  # fmt: skip
+    _check_bins(alpha, beta, fail)
+
+
+def check_budget_inputs(scores, topk_weights, topk_ids, num_valid, correction_bias, budget,
+                        fraction, batch_score, alpha, beta, scoring, weight_rule, scale,
+                        num_expert_group) -> None:  # fmt: skip
+    """`lynx::remap_budget`'s checks: the routing tensors as for `remap`, then the budget."""
+
+    def fail(what: str) -> None:
+        raise ValueError(f"lynx::remap_budget: {what}")
+
+    _check_routing(scores, topk_weights, topk_ids, num_valid, correction_bias, scoring,
+                   weight_rule, scale, num_expert_group, fail)  # fmt: skip
+    _check_bins(alpha, beta, fail)
+    if budget.numel() != 1 or budget.dtype not in _ID_DTYPES:
+        fail(f"budget must hold one int32/int64 value (K, the most experts a step keeps; values "
+             f"below 1 act as 1), got shape {tuple(budget.shape)} dtype {budget.dtype}")  # fmt: skip
+    if budget.device != scores.device:
+        fail(f"budget must be on {scores.device} with the scores, got {budget.device}")
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        fail(f"fraction={fraction} must be in (0, 1]: K is at most ceil(fraction * the step's "
+             "vanilla union); 1 leaves K to the budget tensor")  # fmt: skip
+    if batch_score not in set(BatchScore):
+        allowed = [f"{b.value}={b.name}" for b in BatchScore]
+        fail(f"batch_score={batch_score} unknown; allowed: {allowed}")
+
+
+def check_keep_inputs(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, scoring,
+                      weight_rule, scale, num_expert_group) -> None:  # fmt: skip
+    """`lynx::remap_keep`'s checks: the routing tensors as for `remap`, then k0."""
+
+    def fail(what: str) -> None:
+        raise ValueError(f"lynx::remap_keep: {what}")
+
+    _check_routing(scores, topk_weights, topk_ids, num_valid, correction_bias, scoring,
+                   weight_rule, scale, num_expert_group, fail)  # fmt: skip
+    k = topk_ids.shape[1]
+    if isinstance(k0, bool) or not isinstance(k0, int) or not 1 <= k0 <= k:
+        fail(f"k0={k0} must be an integer in [1, k={k}] (the experts each row keeps)")
+
+
+def _check_bins(alpha, beta, fail) -> None:
+    if not alpha > 0 or alpha != alpha or alpha == float("inf"):
+        fail(f"alpha={alpha} must be a finite number > 0 (bin width is 1/alpha logit units)")
+    if not 1 <= beta <= MAX_BETA:
+        fail(f"beta={beta} must be an integer in [1, {MAX_BETA}]")
+
+
+def _check_routing(scores, topk_weights, topk_ids, num_valid, correction_bias, scoring,
+                   weight_rule, scale, num_expert_group, fail) -> None:  # fmt: skip
+    """The checks every policy of the family shares: the router's tensors and the weight rule."""
 
     if scores.dim() != 2:
         fail(f"scores must be [T, E], got shape {tuple(scores.shape)}")
@@ -83,10 +150,6 @@ def check_remap_inputs(
         devices.add(correction_bias.device)
     if len(devices) != 1:
         fail(f"all tensors must be on one device, got {sorted(str(d) for d in devices)}")
-    if not alpha > 0 or alpha != alpha or alpha == float("inf"):
-        fail(f"alpha={alpha} must be a finite number > 0 (bin width is 1/alpha logit units)")
-    if not 1 <= beta <= MAX_BETA:
-        fail(f"beta={beta} must be an integer in [1, {MAX_BETA}]")
     if scoring not in set(Scoring):
         fail(f"scoring={scoring} unknown; allowed: {[f'{s.value}={s.name}' for s in Scoring]}")
     if weight_rule not in set(WeightRule):
@@ -145,4 +208,31 @@ _lib.impl("remap", _remap_reference, "CPU")
 _lib.impl("remap", _remap_cuda, "CUDA")
 torch.library.register_fake("lynx::remap", _remap_fake, lib=_lib)
 
+
+def _policy_impls(check, reference):
+    """Fake and real implementations of a policy that has only its plain-torch form so far. The
+    reference is dense and free of host synchronisation, so on CUDA it runs inside captured
+    graphs as it is (one launch per torch op, not one fused kernel: see docs/ALGORITHM.md)."""
+
+    def fake(*args):
+        check(*args)
+        return _empty_outputs(args[1], args[2])
+
+    def real(*args):
+        check(*args)
+        out_w, out_ids, touched = reference(*args)
+        return out_w.contiguous(), out_ids.contiguous(), touched
+
+    return fake, real
+
+
+for _name, _check, _ref in (("remap_budget", check_budget_inputs, budget_ref),
+                            ("remap_keep", check_keep_inputs, keep_ref)):  # fmt: skip
+    _fake, _real = _policy_impls(_check, _ref)
+    _lib.impl(_name, _real, "CPU")
+    _lib.impl(_name, _real, "CUDA")
+    torch.library.register_fake(f"lynx::{_name}", _fake, lib=_lib)
+
 remap = torch.ops.lynx.remap.default
+remap_budget = torch.ops.lynx.remap_budget.default
+remap_keep = torch.ops.lynx.remap_keep.default

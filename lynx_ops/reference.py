@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lynx_ops.routing import SIGMOID_BIAS_EPS, Scoring, WeightRule
+from lynx_ops.routing import SIGMOID_BIAS_EPS, BatchScore, Scoring, WeightRule
 
 
 def selection_scores(
@@ -92,27 +92,10 @@ def _final_weights(
     return p * scale
 
 
-def remap_ref(
-    scores: torch.Tensor,
-    topk_weights: torch.Tensor,
-    topk_ids: torch.Tensor,
-    num_valid: torch.Tensor,
-    correction_bias: torch.Tensor | None,
-    alpha: float,
-    beta: int,
-    scoring: int,
-    weight_rule: int,
-    scale: float,
-    num_expert_group: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference `lynx::remap`. Shapes, dtypes and scalars are assumed valid (the op validates
-    them first); the ids' range and distinctness are checked here on CPU tensors.
-
-    Returns new `(topk_weights [T, k], topk_ids [T, k], touched [5] int32)`; `touched` holds, over
-    the valid rows: distinct experts before and after the remap, rows that keep their top-1 expert
-    (the vanilla expert with the highest selection score), the number of valid rows, and the
-    assignments moved (experts a row uses after the remap that were not among its own choices).
-    """
+def _prepare(scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group):
+    """What every policy starts from: float32 logits x [T, E], the valid-row mask [T], the vanilla
+    one-hot [T, E] int64, selection scores s [T, E] (-inf outside the row's allowed experts) and
+    the allowed mask [T, E]. The ids' range and distinctness are checked here on CPU tensors."""
     num_rows, num_experts = scores.shape
     k = topk_ids.shape[1]
     device = scores.device
@@ -148,35 +131,37 @@ def remap_ref(
     if group_mask is not None:
         allowed = allowed & group_mask
     s = s.masked_fill(~allowed, float("-inf"))
+    return x, valid, vanilla, s, allowed
 
-    # Steps 1-2: gap to the row's best expert and its bin; disallowed experts go below every bin.
+
+def _bins(s, allowed, valid, alpha: float, beta: int) -> torch.Tensor:
+    """[T, E] int64 bin q of every expert for every row (steps 1-2); disallowed experts go below
+    every bin."""
     d = s - s.max(dim=1, keepdim=True).values  # [T, E], <= 0
     q = torch.ceil(alpha * d).clamp(min=-beta).to(torch.int64)
-    q = q.masked_fill(~allowed, -(beta + 1))
+    return q.masked_fill(~allowed, -(beta + 1))
 
-    # Step 3: exact integer histogram over valid rows; column j counts rows with q = -j.
-    bins = torch.arange(beta + 1, device=device)
+
+def _histogram(q, valid, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 3: exact integer histogram over valid rows, hist [E, B] (column j counts rows with
+    q = -j), and the per-row membership [T, E, B] it sums."""
+    bins = torch.arange(beta + 1, device=q.device)
     member = (q[:, :, None] == -bins) & valid[:, None, None]  # [T, E, B]
-    hist = member.sum(dim=0)  # [E, B]
-    leave_one_out = hist[None] - member.long()  # [T, E, B]: without the voting row itself
+    return member.sum(dim=0), member
 
-    # Step 4: each row's candidates by (q, c'[0], ..., c'[beta], d), lexicographically; equal
-    # scores prefer the row's vanilla experts (the router may break score ties differently from
-    # index order: bf16 logits tie often), so a lone row keeps exactly its vanilla set.
-    keys = [q] + [leave_one_out[:, :, j] for j in range(beta + 1)] + [d, vanilla]
-    candidates = _lexicographic_topk(keys, k)  # [T, k]
 
-    # Step 5: kept set, from valid rows only.
-    voted = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=device)
-    voted.scatter_(1, candidates, True)
-    kept = (voted & valid[:, None]).any(dim=0)  # [E]
+def _finish(x, s, allowed, vanilla, valid, kept, topk_weights, topk_ids, scoring, weight_rule,
+            scale):  # fmt: skip
+    """Steps 6-8, shared by every policy: each valid row takes its k best experts by s inside the
+    `kept` set [E] (or [T, E]), then its own next best outside it where the kept set holds fewer
+    than k of its allowed experts (ties to vanilla experts, then to the lower index); weights for
+    the rows whose set changed; the `touched` counters."""
+    num_rows, num_experts = s.shape
+    k = topk_ids.shape[1]
+    in_kept = (kept & allowed).to(torch.int64)
+    final_ids = _lexicographic_topk([in_kept, s, vanilla], k)  # [T, k], by s within each tier
 
-    # Step 6: each row's k best experts by s within the kept set (ties to vanilla experts, then
-    # to the lower index).
-    s_kept = s.masked_fill(~kept[None, :], float("-inf"))
-    final_ids = _lexicographic_topk([s_kept, vanilla], k)  # [T, k], sorted by s descending
-
-    # Step 7: weights for rows whose expert set changed; unchanged rows keep vanilla bits.
+    # Unchanged rows (and padding rows) keep the vanilla ids and weights, bit for bit.
     same_set = (final_ids[:, :, None] == topk_ids.long()[:, None, :]).any(dim=2).all(dim=1)
     changed = valid & ~same_set
     new_w = _final_weights(x.gather(1, final_ids), x, topk_weights, scoring, weight_rule, scale).to(
@@ -186,11 +171,9 @@ def remap_ref(
     out_ids = torch.where(changed[:, None], final_ids.to(topk_ids.dtype), topk_ids)
 
     # Rows keeping their top-1: the vanilla expert with the highest selection score is still used.
-    s_vanilla = s.masked_fill(vanilla == 0, float("-inf"))
-    top1 = (vanilla > 0) & (s_vanilla == s_vanilla.max(dim=1, keepdim=True).values)
-    used = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=device)
+    used = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=s.device)
     used.scatter_(1, out_ids.long(), True)
-    keeps_top1 = (top1 & used).any(dim=1) & valid
+    keeps_top1 = (_top1_mask(s, vanilla) & used).any(dim=1) & valid
 
     touched = torch.stack(
         [
@@ -202,3 +185,134 @@ def remap_ref(
         ]
     )
     return out_w, out_ids, touched
+
+
+def _top1_mask(s, vanilla) -> torch.Tensor:
+    """[T, E] bool: the row's vanilla experts of highest selection score (its top-1; all of them
+    when they tie)."""
+    s_vanilla = s.masked_fill(vanilla == 0, float("-inf"))
+    return (vanilla > 0) & (s_vanilla == s_vanilla.max(dim=1, keepdim=True).values)
+
+
+def remap_ref(
+    scores: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_valid: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    alpha: float,
+    beta: int,
+    scoring: int,
+    weight_rule: int,
+    scale: float,
+    num_expert_group: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference `lynx::remap` (the `bins` policy). Shapes, dtypes and scalars are assumed valid
+    (the op validates them first); the ids' range and distinctness are checked here on CPU tensors.
+
+    Returns new `(topk_weights [T, k], topk_ids [T, k], touched [5] int32)`; `touched` holds, over
+    the valid rows: distinct experts before and after the remap, rows that keep their top-1 expert
+    (the vanilla expert with the highest selection score), the number of valid rows, and the
+    assignments moved (experts a row uses after the remap that were not among its own choices).
+    """
+    k = topk_ids.shape[1]
+    x, valid, vanilla, s, allowed = _prepare(
+        scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group
+    )
+    # Steps 1-3: bins and their exact integer histogram.
+    q = _bins(s, allowed, valid, alpha, beta)
+    hist, member = _histogram(q, valid, beta)
+    leave_one_out = hist[None] - member.long()  # [T, E, B]: without the voting row itself
+
+    # Step 4: each row's candidates by (q, c'[0], ..., c'[beta], d), lexicographically; equal
+    # scores prefer the row's vanilla experts (the router may break score ties differently from
+    # index order: bf16 logits tie often), so a lone row keeps exactly its vanilla set.
+    d = s - s.max(dim=1, keepdim=True).values
+    keys = [q] + [leave_one_out[:, :, j] for j in range(beta + 1)] + [d, vanilla]
+    candidates = _lexicographic_topk(keys, k)  # [T, k]
+
+    # Step 5: kept set, from valid rows only.
+    voted = torch.zeros_like(allowed)
+    voted.scatter_(1, candidates, True)
+    kept = (voted & valid[:, None]).any(dim=0)  # [E]
+    return _finish(x, s, allowed, vanilla, valid, kept, topk_weights, topk_ids, scoring,
+                   weight_rule, scale)  # fmt: skip
+
+
+def budget_ref(
+    scores: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_valid: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    budget: torch.Tensor,
+    fraction: float,
+    batch_score: int,
+    alpha: float,
+    beta: int,
+    scoring: int,
+    weight_rule: int,
+    scale: float,
+    num_expert_group: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference `lynx::remap_budget` (docs/ALGORITHM.md, "Other policies"): the step keeps at most
+    K = min(budget, ceil(fraction * U)) of the U experts the valid rows chose, read on the device
+    (`budget` is a one-element integer tensor, so a captured graph follows a new value), plus
+    every valid row's top-1 even beyond K. Experts are ranked by an integer batch score:
+    `batch_score` COUNT, the rows naming the expert among their top-k; or HIST, Lynx's bin
+    histogram (c[0], ..., c[beta]) compared lexicographically; ties go to the lower index. Each
+    row then takes its best k inside the kept set, and its own next best where the set holds fewer
+    than k of its allowed experts. Same outputs as `remap_ref`."""
+    num_rows, num_experts = scores.shape
+    x, valid, vanilla, s, allowed = _prepare(
+        scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group
+    )
+    chosen = vanilla * valid[:, None]  # [T, E]
+    in_union = chosen.sum(dim=0) > 0  # [E]
+    # Every valid row's top-1 (its vanilla expert of highest s; the lowest index among ties).
+    top1 = _lexicographic_topk([_top1_mask(s, vanilla).to(torch.int64)], 1)  # [T, 1]
+    forced = torch.zeros_like(allowed).scatter_(1, top1, True)
+    forced = (forced & valid[:, None]).any(dim=0)  # [E]
+    if batch_score == BatchScore.COUNT:
+        score_keys = [chosen.sum(dim=0)]
+    else:
+        hist, _ = _histogram(_bins(s, allowed, valid, alpha, beta), valid, beta)  # [E, B]
+        score_keys = [hist[:, j] for j in range(beta + 1)]
+    keys = [forced.to(torch.int64), in_union.to(torch.int64)] + score_keys
+    order = _lexicographic_topk([key[None, :] for key in keys], num_experts)[0]  # [E]
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(num_experts, device=s.device))
+    union_size = in_union.sum()
+    limit = torch.minimum(
+        budget.reshape(-1)[0].to(torch.int64).clamp(min=1),
+        torch.ceil(fraction * union_size.double()).to(torch.int64),
+    )
+    limit = torch.maximum(limit, forced.sum())  # the forced top-1s stay, even beyond K
+    kept = (rank < limit) & in_union
+    return _finish(x, s, allowed, vanilla, valid, kept, topk_weights, topk_ids, scoring,
+                   weight_rule, scale)  # fmt: skip
+
+
+def keep_ref(
+    scores: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    num_valid: torch.Tensor,
+    correction_bias: torch.Tensor | None,
+    k0: int,
+    scoring: int,
+    weight_rule: int,
+    scale: float,
+    num_expert_group: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference `lynx::remap_keep` (docs/ALGORITHM.md, "Other policies"; OEA, arXiv 2511.02237):
+    each valid row keeps its top-k0 experts by selection score; its other k - k0 slots take its
+    best experts from the union of the valid rows' top-k0 sets, else its own next best. k0 = k
+    returns the vanilla routing. Same outputs as `remap_ref`."""
+    x, valid, vanilla, s, allowed = _prepare(
+        scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group
+    )
+    own = _lexicographic_topk([s, vanilla], k0)  # [T, k0]: the row's best, ties to vanilla
+    pool = torch.zeros_like(allowed).scatter_(1, own, True)
+    pool = (pool & valid[:, None]).any(dim=0)  # [E]
+    return _finish(x, s, allowed, vanilla, valid, pool, topk_weights, topk_ids, scoring,
+                   weight_rule, scale)  # fmt: skip

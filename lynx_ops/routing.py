@@ -14,11 +14,11 @@ import enum
 # no router mass (with alpha=1 the fifth bin is already e^-4 below the top), so the cap costs nothing
 # measurable; a policy asking for more is rejected, naming the field (registry and op alike).
 MAX_BETA = 4
-# Largest padded batch the Triton kernel takes: histogram counts must fit their 12-bit fields.
-# Larger decode batches (beyond vLLM's usual max_num_seqs) run the plain-torch implementation.
 # `touched`, the op's third output: distinct experts before, after, rows keeping their top-1
 # expert, valid rows, assignments moved (experts a valid row uses that it had not chosen).
 TOUCHED_LEN = 5
+# Largest padded batch the Triton kernel takes: histogram counts must fit their 12-bit fields.
+# Larger decode batches (beyond vLLM's usual max_num_seqs) run the plain-torch implementation.
 MAX_KERNEL_ROWS = 4095
 # Expert index lives in 10 key bits in the kernel; larger routers use the reference.
 MAX_KERNEL_EXPERTS = 1024
@@ -44,6 +44,14 @@ class WeightRule(enum.IntEnum):
     PRESERVE_MASS = 1
     # Un-normalised probabilities times `scale` (full-softmax probability, or plain sigmoid).
     RAW = 2
+
+
+class BatchScore(enum.IntEnum):
+    """How the `budget` policy ranks experts for its K slots (integers: the same order on every
+    rank and device)."""
+
+    COUNT = 0  # valid rows naming the expert among their top-k
+    HIST = 1  # Lynx's bin histogram (c[0], ..., c[beta]), compared lexicographically
 
 
 SIGMOID_BIAS_EPS = 1e-6  # clamp for logit(sigmoid(x) + b) so the selection score stays finite

@@ -389,3 +389,54 @@ def test_documented_off_values_leave_vllm_stock(monkeypatch, value):
 
     monkeypatch.setenv("VLLM_LYNX_ENABLED", value)
     assert envs.VLLM_LYNX_ENABLED is False
+
+
+@pytest.mark.parametrize(
+    "fields, op",
+    [
+        ({"kind": "budget", "budget": 20}, "remap_budget"),
+        ({"kind": "keep_k0", "k0": 3}, "remap_keep"),
+    ],
+)
+def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
+    """A budget or keep_k0 policy from a policy file reaches its own op on decode steps, with the
+    budget read from the layer's device scalar (a new value applies to the next step)."""
+    import json
+
+    import torch
+    import vllm.forward_context as fc
+    from vllm.config import CUDAGraphMode
+
+    from lynx_ops.reference import budget_ref, keep_ref
+    from tests.helpers import Shape, make_batch
+
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **fields}]}))
+    monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", str(path))
+    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
+    config = _vllm_config(hf)
+    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
+    runner = _runner(FusedTopKRouter("softmax"))
+    runner.parameters = lambda: [torch.zeros(1)]
+    state = layers.attach(runner, config)
+    assert state.policy.kind == fields["kind"]
+    x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 16, seed=3, spread=1.2)
+    qsl = torch.arange(0, 13, dtype=torch.int32)  # 12 decode tokens of 16
+    ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.NONE,
+                          attn_metadata={"attn": SimpleNamespace(max_query_len=1,
+                                                                 query_start_loc=qsl)})  # fmt: skip
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
+    n = torch.tensor([12])
+    tail = (0, 0, 1.0, 0)
+    for k in (20, 9):
+        got_w, got_ids, remapped = layers.route(state, x, w, ids)
+        if op == "remap_budget":
+            want = budget_ref(x, w, ids, n, None, torch.tensor([k]), 1.0, 0, 3.0, 2, *tail)
+        else:
+            want = keep_ref(x, w, ids, n, None, 3, *tail)
+        assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])
+        if state.budget is None:
+            break
+        state.budget.fill_(9)

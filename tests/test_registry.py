@@ -128,8 +128,37 @@ def test_policy_file_adds_a_family_by_architecture(tmp_path):
         ),
         ({"policies": [{"alpha": 1}]}, "needs exactly one of"),
         ({"policies": [{"model_type": "q", "layers": [-1]}]}, "layers"),
+        ({"policies": [{"model_type": "q", "kind": "topk"}]}, r"kind='topk' invalid.*'budget'"),
+        ({"policies": [{"model_type": "q", "kind": "budget"}]}, r"budget=0 invalid.*budget >= 1"),
+        ({"policies": [{"model_type": "q", "kind": "budget", "budget": 2.5}]}, r"budget=2.5"),
+        ({"policies": [{"model_type": "q", "kind": "budget", "fraction": 0}]}, r"fraction=0"),
+        (
+            {
+                "policies": [
+                    {"model_type": "q", "kind": "budget", "budget": 8, "batch_score": "votes"}
+                ]
+            },
+            r"batch_score='votes' invalid.*count",
+        ),
+        ({"policies": [{"model_type": "q", "kind": "keep_k0"}]}, r"k0=0 invalid.*k0 >= 1"),
     ],
-    ids=["json", "top", "alpha", "beta", "beta-type", "scoring", "typo", "no-match", "layers"],
+    ids=[
+        "json",
+        "top",
+        "alpha",
+        "beta",
+        "beta-type",
+        "scoring",
+        "typo",
+        "no-match",
+        "layers",
+        "kind",
+        "budget-missing",
+        "budget-type",
+        "fraction",
+        "batch-score",
+        "k0-missing",
+    ],
 )
 def test_bad_policy_file_names_the_problem(tmp_path, content, match):
     path = _write(tmp_path, content)
@@ -215,3 +244,23 @@ def test_policy_file_matching_nothing_is_reported_once(tmp_path, caplog):
     assert selection.policy is not None and selection.policy.source == "builtin"
     lines = [r for r in caplog.records if "no entry matches this model" in r.getMessage()]
     assert len(lines) == 1 and "mixtral" in lines[0].getMessage()
+
+
+def test_policy_file_chooses_budget_and_keep_k0_policies(tmp_path):
+    path = _write(tmp_path, {"policies": [
+        {"model_type": "qwen3_moe", "kind": "budget", "budget": 24, "batch_score": "hist"},
+        {"model_type": "qwen2_moe", "kind": "keep_k0", "k0": 2},
+        {"model_type": "mixtral", "kind": "budget", "fraction": 0.5}]})  # fmt: skip
+    p = select_policy(CONFIGS["qwen3-30b-a3b"], config_file=path).policy
+    assert (p.kind, p.budget, p.fraction, p.budget_value(128)) == ("budget", 24, 1.0, 24)
+    assert "budget K=24 by hist (alpha=3 beta=2)" in p.describe()
+    p = select_policy(CONFIGS["qwen2-57b-a14b"], config_file=path).policy
+    assert (p.kind, p.k0) == ("keep_k0", 2) and "keep_k0 k0=2" in p.describe()
+    p = select_policy(CONFIGS["mixtral-8x7b"], config_file=path).policy
+    assert p.budget_value(8) == 8 and "budget fraction=0.5 by count" in p.describe()
+
+
+def test_keep_k0_above_the_models_top_k_stops_at_startup(tmp_path):
+    path = _write(tmp_path, {"policies": [{"model_type": "mixtral", "kind": "keep_k0", "k0": 3}]})
+    with pytest.raises(PolicyError, match=r"k0=3 exceeds the model's top_k=2; allowed: 1..2"):
+        select_policy(CONFIGS["mixtral-8x7b"], config_file=path)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 from lynx_ops.bench import model_configs, router_realism
 from lynx_ops.bench.provenance import provenance, write_csv
+from lynx_ops.bench.workers import common_prefix, run_worker
 from lynx_ops.registry import router_shape
 
 
@@ -99,40 +98,6 @@ def _add_router_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skew", type=float, default=0.0, help="custom expert skew (with --spread)")
 
 
-def _run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
-                module: str = "lynx_ops.bench.offline") -> dict:  # fmt: skip
-    spec_path = workdir / f"spec-{label}.json"
-    spec_path.write_text(json.dumps(spec))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
-    # The workers pass functions to collective_rpc (gate re-draw, counters); that needs the engine
-    # core in-process (with a separate core process vLLM refuses to serialise functions).
-    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    env.update(env_extra)
-    log_path = workdir / f"{label}.log"
-    print(f"[{label}] starting ({' '.join(f'{k}={v}' for k, v in env_extra.items()) or 'stock'})",
-          flush=True)  # fmt: skip
-    # vLLM logs to stdout: straight to the log file; progress lines come on stderr.
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(spec_path)],
-            stdout=log, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        assert proc.stderr is not None
-        with open(workdir / f"{label}.stderr", "w") as err:
-            for line in proc.stderr:
-                err.write(line)
-                if line.startswith("PROGRESS "):
-                    print(f"[{label}] {line[9:].rstrip()}", flush=True)
-        proc.wait()
-    results = [ln[7:] for ln in log_path.read_text().splitlines() if ln.startswith("RESULT ")]
-    result_line = results[-1] if results else None
-    if proc.returncode != 0 or result_line is None:
-        raise SystemExit(
-            f"[{label}] failed (exit {proc.returncode}); logs: {log_path}, {workdir / (label + '.stderr')}"
-        )
-    return json.loads(result_line)
-
-
 def _ceiling_at(ceiling: dict[int, dict[int, float]], batch: int, experts: float):
     """Ceiling TPOT at a (fractional) expert count, linear between measured K; None if outside."""
     points = sorted((k, rows[batch]) for k, rows in ceiling.items() if batch in rows)
@@ -191,7 +156,7 @@ def offline(args: argparse.Namespace) -> int:
         if label in reused:
             print(f"[{label}] reused from {args.reuse}", flush=True)
             return reused[label]
-        return _run_worker(label, spec, env_extra, work)
+        return run_worker(label, spec, env_extra, work)
 
     runs = {"stock": run("stock", {}), "lynx": run("lynx", {"VLLM_LYNX_ENABLED": "1"})}
     if args.stock_again:
@@ -333,13 +298,6 @@ def _print_table(rows: list[dict], router: str, prov: dict) -> None:
                   f"time per step) {'-' if step is None else f'{step:.2f}x'}")  # fmt: skip
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Tokens two outputs share before their first difference."""
-    return next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-    )
-
-
 def _prefix_share(a: list[int], b: list[int]) -> float:
     return common_prefix(a, b) / max(len(a), 1)
 
@@ -353,8 +311,8 @@ def fidelity(args: argparse.Namespace) -> int:
             "engine": {"max_model_len": args.prompt_len + max(args.forced_len, args.greedy_len) + 8,
                        "max_num_seqs": max(args.batches), **_engine_kwargs(args.engine_arg)}}  # fmt: skip
     module = "lynx_ops.bench.fidelity"
-    stock = _run_worker("stock", spec, {}, work, module)
-    lynx = _run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work, module)
+    stock = run_worker("stock", spec, {}, work, module)
+    lynx = run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work, module)
     prov = provenance()
     rows = []
     for s, lx in zip(stock["rows"], lynx["rows"], strict=True):

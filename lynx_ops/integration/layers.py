@@ -100,10 +100,32 @@ class LayerState:
     num_speculative_tokens: int
     stats: ExpertStats | None = None
     ceiling: int = 0  # benchmarks only (envs.VLLM_LYNX_CEILING_EXPERTS)
+    # The budget policy's K, on the layer's device: read by the op inside captured graphs, so a
+    # new value (fill_) applies from the next replay without a new capture.
+    budget: torch.Tensor | None = None
 
     def op_args(self) -> tuple:
         alpha, beta, scoring, rule, scale, _ = self.policy.op_args()
         return alpha, beta, scoring, rule, scale, self.facts.num_expert_group
+
+    def remap(self, logits, topk_weights, topk_ids, rows):
+        """The policy's op on one decode step's routing."""
+        p, groups = self.policy, self.facts.num_expert_group
+        tail = (int(p.scoring), int(p.weight_rule), float(p.scale), groups)
+        if p.kind == "budget":
+            if self.budget.device != logits.device:  # attach() found no parameter to place it by
+                self.budget = self.budget.to(logits.device)
+            return torch.ops.lynx.remap_budget(
+                logits, topk_weights, topk_ids, rows, self.bias(), self.budget, float(p.fraction),
+                int(p.batch_score), float(p.alpha), p.beta, *tail,
+            )  # fmt: skip
+        if p.kind == "keep_k0":
+            return torch.ops.lynx.remap_keep(
+                logits, topk_weights, topk_ids, rows, self.bias(), p.k0, *tail
+            )
+        return torch.ops.lynx.remap(
+            logits, topk_weights, topk_ids, rows, self.bias(), *self.op_args()
+        )
 
     def bias(self) -> torch.Tensor | None:
         if self.policy.scoring != Scoring.SIGMOID_BIAS:
@@ -184,6 +206,9 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
     device = _device_of(runner)
     if device is not None:  # allocate now: never inside a graph capture
         state.stats = ExpertStats(1, device)
+    if policy.kind == "budget":
+        state.budget = torch.full((1,), policy.budget_value(num_experts), dtype=torch.int32,
+                                  device=device or "cpu")  # fmt: skip
     with _LOCK:
         LAYERS[name] = state
     return state
@@ -363,9 +388,7 @@ def route(
         return topk_weights, (topk_ids[:, :1] + offsets) % state.ceiling, True
     num_experts = state.facts.num_experts
     logits = router_logits[:num_rows, :num_experts]
-    weights, ids, touched = torch.ops.lynx.remap(
-        logits, topk_weights, topk_ids, ph.rows, state.bias(), *state.op_args()
-    )
+    weights, ids, touched = state.remap(logits, topk_weights, topk_ids, ph.rows)
     if state.stats is None and not (touched.is_cuda and torch.cuda.is_current_stream_capturing()):
         state.stats = ExpertStats(1, touched.device)
     if state.stats is not None:

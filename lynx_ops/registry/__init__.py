@@ -99,7 +99,7 @@ def supported_families() -> list[Family]:
 
 _FILE_MATCH_KEYS = ("model_type", "architecture")
 _FILE_POLICY_KEYS = ("alpha", "beta", "scoring", "weight_rule", "scale", "num_expert_group",
-                     "layers")  # fmt: skip
+                     "layers", "kind", "budget", "fraction", "batch_score", "k0")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lynx_ops.routing import MAX_BETA, Scoring, WeightRule
+from lynx_ops.routing import MAX_BETA, BatchScore, Scoring, WeightRule
+
+KINDS = ("bins", "budget", "keep_k0")
 
 
 class PolicyError(ValueError):
@@ -22,6 +24,11 @@ class Policy:
     scoring / weight_rule: see lynx_ops.routing. scale: factor on RENORMALIZE/RAW weights (the
     router's routed_scaling_factor where it applies it). num_expert_group: grouped top-k groups
     (0 = ungrouped). layers: MoE layer indices to remap (None = all). source: where it came from.
+
+    kind (docs/ALGORITHM.md, "Other policies"): `bins`, Lynx's (alpha, beta); `budget`, at most
+    `budget` experts a step (0 = no absolute cap), and at most ceil(fraction * the step's vanilla
+    union), ranked by `batch_score` (count, or hist with alpha/beta), every row's top-1 kept;
+    `keep_k0`, each row keeps its top `k0` and fills the rest from the batch's top-k0 union.
     """
 
     family: str
@@ -33,6 +40,11 @@ class Policy:
     num_expert_group: int = 0
     layers: tuple[int, ...] | None = None
     source: str = "builtin"
+    kind: str = "bins"
+    budget: int = 0
+    fraction: float = 1.0
+    batch_score: BatchScore = BatchScore.COUNT
+    k0: int = 0
 
     def __post_init__(self) -> None:
         def bad(field: str, value, allowed: str) -> PolicyError:
@@ -78,6 +90,30 @@ class Policy:
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
                 raise bad("layers", self.layers, "allowed: null (all) or non-negative integers")
             object.__setattr__(self, "layers", layers)
+        self._check_kind(bad)
+
+    def _check_kind(self, bad) -> None:
+        if self.kind not in KINDS:
+            raise bad("kind", self.kind, f"allowed: {list(KINDS)}")
+
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not integer(self.budget) or self.budget < 0:
+            raise bad("budget", self.budget, "allowed: an integer >= 0 (0 = no absolute cap)")
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) \
+                or not 0 < self.fraction <= 1:  # fmt: skip
+            raise bad("fraction", self.fraction, "allowed: a number in (0, 1]")
+        try:
+            object.__setattr__(self, "batch_score", _enum(BatchScore, self.batch_score))
+        except (KeyError, ValueError):
+            raise bad("batch_score", self.batch_score, f"allowed: {_names(BatchScore)}") from None
+        if not integer(self.k0) or self.k0 < 0:
+            raise bad("k0", self.k0, "allowed: an integer >= 1 for keep_k0")
+        if self.kind == "budget" and self.budget == 0 and self.fraction == 1:
+            raise bad("budget", self.budget, "a budget policy needs budget >= 1 or fraction < 1")
+        if self.kind == "keep_k0" and self.k0 < 1:
+            raise bad("k0", self.k0, "a keep_k0 policy needs k0 >= 1 (the experts a row keeps)")
 
     def applies_to_layer(self, index: int) -> bool:
         return self.layers is None or index in self.layers
@@ -86,11 +122,18 @@ class Policy:
         """Raise PolicyError if this policy cannot apply to a model with these router shapes."""
         if top_k > num_experts:
             raise PolicyError(f"policy '{self.family}': top_k={top_k} > num_experts={num_experts}")
+        if self.kind == "keep_k0" and self.k0 > top_k:
+            raise PolicyError(f"policy '{self.family}': k0={self.k0} exceeds the model's "
+                              f"top_k={top_k}; allowed: 1..{top_k}")  # fmt: skip
         if self.num_expert_group > 1 and num_experts % self.num_expert_group:
             raise PolicyError(
                 f"policy '{self.family}': num_expert_group={self.num_expert_group} does not divide "
                 f"num_experts={num_experts}"
             )
+
+    def budget_value(self, num_experts: int) -> int:
+        """K for the device scalar: the policy's budget, or E where only the fraction caps."""
+        return self.budget or num_experts
 
     def op_args(self) -> tuple:
         """(alpha, beta, scoring, weight_rule, scale, num_expert_group) as torch.ops.lynx.remap
@@ -101,7 +144,17 @@ class Policy:
     def describe(self) -> str:
         groups = f", groups={self.num_expert_group}" if self.num_expert_group > 1 else ""
         layers = "all MoE layers" if self.layers is None else f"layers {list(self.layers)}"
-        return (f"{self.family}: alpha={self.alpha:g} beta={self.beta} "
+        if self.kind == "budget":
+            cap = " ".join(([f"K={self.budget}"] if self.budget else [])
+                           + ([f"fraction={self.fraction:g}"] if self.fraction < 1 else []))  # fmt: skip
+            how = f"budget {cap} by {self.batch_score.name.lower()}"
+            if self.batch_score == BatchScore.HIST:
+                how += f" (alpha={self.alpha:g} beta={self.beta})"
+        elif self.kind == "keep_k0":
+            how = f"keep_k0 k0={self.k0}"
+        else:
+            how = f"alpha={self.alpha:g} beta={self.beta}"
+        return (f"{self.family}: {how} "
                 f"scoring={self.scoring.name.lower()} weights={self.weight_rule.name.lower()} "
                 f"scale={self.scale:g}{groups}, {layers} [{self.source}]")  # fmt: skip
 

@@ -118,3 +118,28 @@ def test_speculative_decoding_steps_count_as_decode(tmp_path):
     for name, layer in decode["lynx"]["layers"].items():
         assert 1 <= layer["calls"] <= 11, name
         assert layer["after"] <= layer["before"], name
+
+
+@pytest.mark.parametrize(
+    "fields, line",
+    [({"kind": "budget", "budget": 6}, "budget K=6 by count"),
+     ({"kind": "keep_k0", "k0": 2}, "keep_k0 k0=2")],
+    ids=["budget", "keep_k0"],
+)  # fmt: skip
+def test_policy_file_kinds_remap_decode_steps_in_the_engine(tmp_path, fields, line):
+    """A budget or keep_k0 policy from a policy file runs in a real engine: the startup line names
+    it, every decode step is remapped, prefill is not, and the budget bounds the experts a step
+    uses by max(K, the batch's distinct top-1s); the 8 prompts have at most 8 top-1s."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **fields}]}))
+    proc, on = run_engine(tmp_path, "qwen3-moe", "on", policy_file=policy)
+    assert on is not None, proc.stderr[-4000:]
+    assert line in proc.stdout + proc.stderr
+    prefill, decode = on["phases"]
+    assert all(layer["calls"] == 0 for layer in prefill["lynx"]["layers"].values())
+    for name, layer in decode["lynx"]["layers"].items():
+        assert layer["calls"] == DECODE_TOKENS - 1, name
+        assert layer["after"] < layer["before"], f"{name}: experts did not drop {layer}"
+        if fields["kind"] == "budget":
+            assert layer["after"] <= max(6, 8), f"{name}: over the budget {layer}"
+        assert layer["top1_kept"] == 1.0, f"{name}: a token lost its top-1 {layer}"

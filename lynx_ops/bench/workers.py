@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One engine per process: the runner every offline workload uses (offline, fidelity, frontier,
+the main job), and the comparison helper their tables share.
+
+A worker module (lynx_ops.bench.offline, lynx_ops.bench.fidelity) takes a spec file and prints
+`RESULT {json}` on stdout and `PROGRESS ...` lines on stderr. Each side runs in a fresh process
+because the plugin's state (and whether Lynx is on at all) is fixed when vLLM starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
+               module: str = "lynx_ops.bench.offline") -> dict:  # fmt: skip
+    """Run `module` on `spec` in a fresh process with the Lynx variables of `env_extra` only (the
+    caller's own VLLM_LYNX_* are dropped); the RESULT dict it printed, or SystemExit naming the
+    logs."""
+    spec_path = workdir / f"spec-{label}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
+    # The workers pass functions to collective_rpc (gate re-draw, counters); that needs the engine
+    # core in-process (with a separate core process vLLM refuses to serialise functions).
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env.update(env_extra)
+    log_path = workdir / f"{label}.log"
+    print(f"[{label}] starting ({' '.join(f'{k}={v}' for k, v in env_extra.items()) or 'stock'})",
+          flush=True)  # fmt: skip
+    # vLLM logs to stdout: straight to the log file; progress lines come on stderr.
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(spec_path)],
+            stdout=log, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        with open(workdir / f"{label}.stderr", "w") as err:
+            for line in proc.stderr:
+                err.write(line)
+                if line.startswith("PROGRESS "):
+                    print(f"[{label}] {line[9:].rstrip()}", flush=True)
+        proc.wait()
+    results = [ln[7:] for ln in log_path.read_text().splitlines() if ln.startswith("RESULT ")]
+    result_line = results[-1] if results else None
+    if proc.returncode != 0 or result_line is None:
+        raise SystemExit(
+            f"[{label}] failed (exit {proc.returncode}); logs: {log_path}, {workdir / (label + '.stderr')}"
+        )
+    return json.loads(result_line)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Tokens two outputs share before their first difference."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
