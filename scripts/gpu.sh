@@ -15,7 +15,15 @@
 #   online:SHAPE    lynx-bench online (vllm bench serve), stock / Lynx / stock, calibrated router
 #   kernel          perf/bench_kernel.py (the op alone, graph replay)
 #   cuda-tests      pytest -m cuda (the op's CUDA tier)
-# Knobs: LYNX_LAYERS_<shape> (depth), LYNX_ROUTER (preset, default calibrated).
+#   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
+#                   two-GPU tests skip on one GPU)
+#   main-job        python -m lynx_ops.demo (the README's main job, on the GPU)
+# Knobs: LYNX_LAYERS_<shape> (depth), LYNX_ROUTER (preset, default calibrated), LYNX_OFFLINE_EXTRA
+# (more `lynx-bench offline` arguments, split on spaces with no quoting, so JSON values without
+# spaces; e.g. FP8 experts: --engine-arg quantization=online
+#   --engine-arg quantization_config={"moe":"fp8_per_channel"}; n-gram speculation:
+#   --engine-arg speculative_config={"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4,"prompt_lookup_min":2};
+#   LoRA: --lora-adapters 4 --lora-rank 16; tensor parallel: --engine-arg tensor_parallel_size=2).
 # vLLM comes from the devkit (../shared/devkit): `source .devkit/env.sh` first.
 set -uo pipefail
 cmd="${1:?start STAGE... | wait SECONDS | collect}"
@@ -53,7 +61,7 @@ stage() {
         --output-len 64 --repeats 3 --ceiling $(ceilings_of "$shape") \
         --engine-arg gpu_memory_utilization=0.85 \
         --engine-arg 'compilation_config={"cudagraph_capture_sizes":[1,8,16,32,64]}' \
-        --out "$dir" ;;
+        ${LYNX_OFFLINE_EXTRA:-} --out "$dir" ;;
     online)
       python3 -m lynx_ops.bench.cli online --shape "$shape" ${layers:+--layers $layers} \
         --router "${LYNX_ROUTER:-calibrated}" --input-len 512 --output-len 256 \
@@ -64,6 +72,9 @@ stage() {
         --out "$dir" ;;
     kernel) python3 perf/bench_kernel.py --out "$dir/kernel_latency.csv" ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;
+    vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest tests/vllm_gpu \
+        -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
+    main-job) mkdir -p "$dir" && python3 -m lynx_ops.demo ;;
     *) echo "unknown stage $name" ;;
   esac > "$RES/${1/:/_}.log" 2>&1
   echo "$(date +%T) $name exit $?" >> "$RES/stages"
