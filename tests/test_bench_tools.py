@@ -312,3 +312,39 @@ def test_client_loop_reports_each_runs_status_and_survives_a_failed_run(monkeypa
     text = out.getvalue()
     assert "ran --a" in text and "ran --b" in text and "ValueError: boom" in text
     assert text.index("ran --a") < text.index(marks[0]) < text.index("ValueError")
+
+
+def test_frontier_settings_parse_and_bad_ones_name_the_field():
+    from lynx_ops.bench.frontier import default_grid, parse_setting
+    from lynx_ops.registry import PolicyError
+
+    assert parse_setting("bins:alpha=3,beta=2") == {"kind": "bins", "alpha": 3, "beta": 2}
+    assert parse_setting("budget:fraction=0.5,batch_score=hist") == {
+        "kind": "budget", "fraction": 0.5, "batch_score": "hist"}  # fmt: skip
+    assert parse_setting("keep_k0:k0=2") == {"kind": "keep_k0", "k0": 2}
+    for bad, match in [("keep_k0", "k0=0 invalid"), ("budget:fraction=2", "fraction=2"),
+                       ("bins:alpha", "expected KIND:key=value"), ("top:k0=1", "kind=.top."), ("bins:k=1", r"unknown field\(s\) \[.k.\]"),
+                       ("bins:gamma=1", "gamma")]:  # fmt: skip
+        with pytest.raises(PolicyError, match=match):
+            parse_setting(bad)
+    grid = default_grid(32, 4)
+    assert "bins:alpha=3,beta=2" in grid and "keep_k0:k0=1" in grid
+    assert all(parse_setting(s) for s in grid)
+
+
+def test_frontier_pairs_each_setting_with_stock_on_the_same_windows_and_finds_the_frontier():
+    from lynx_ops.bench.frontier import compare, pareto
+
+    stock = [{"window_set": s, "batch": b, "nll_per_token": nll, "documents": b}
+             for (s, b), nll in {(0, 8): 2.0, (1, 8): 3.0, (0, 16): 2.5, (1, 16): 2.4}.items()]  # fmt: skip
+    rows = [{**r, "nll_per_token": r["nll_per_token"] * f, "experts_before": 20.0,
+             "experts_after": 12.0 + r["window_set"], "top1_kept": 1.0, "moved_share": 0.1}
+            for r, f in zip(stock, (1.01, 1.03, 1.0, 1.02), strict=True)]  # fmt: skip
+    by_batch = {r["batch"]: r for r in compare(stock, rows)}
+    assert by_batch[8]["dnll_pct"] == pytest.approx(2.0)  # mean of +1% and +3%, paired per set
+    assert (by_batch[8]["dnll_pct_min"], by_batch[8]["dnll_pct_max"]) == pytest.approx((1, 3))
+    assert by_batch[16]["dnll_pct"] == pytest.approx(1.0)
+    assert by_batch[8]["experts_after"] == 12.5 and by_batch[8]["window_sets"] == 2
+    points = [{"x": 10, "y": 1.0}, {"x": 12, "y": 0.5}, {"x": 12, "y": 0.8}, {"x": 9, "y": 2.0},
+              {"x": 11, "y": 1.5}]  # fmt: skip
+    assert pareto(points, "x", "y") == [points[0], points[1], points[3]]

@@ -542,6 +542,18 @@ def main(argv: list[str] | None = None) -> int:
     fid.add_argument("--greedy-len", type=int, default=32)
     fid.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE")
     fid.add_argument("--out", default="perf/results/lynx-fidelity")
+    fr = sub.add_parser("frontier", help="experts vs decode NLL for a grid of policy settings")
+    fr.add_argument("--model", default=None, help="local checkpoint (default: the embedded one)")
+    fr.add_argument("--setting", action="append", default=[], metavar="KIND:key=value,...",
+                    help="a policy setting, e.g. bins:alpha=3,beta=2, budget:fraction=0.5, "
+                         "keep_k0:k0=2 (repeat; default: a grid over the three kinds)")  # fmt: skip
+    fr.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
+    fr.add_argument("--window-sets", type=int, default=2,
+                    help="disjoint sets of held-out windows; the NLL change is paired per set")  # fmt: skip
+    fr.add_argument("--prompt-len", type=int, default=64)
+    fr.add_argument("--forced-len", type=int, default=64)
+    fr.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE")
+    fr.add_argument("--out", default="perf/results/lynx-frontier")
     onl = sub.add_parser("online", help="vllm serve, stock vs Lynx, driven by vllm bench serve")
     _add_source_args(onl, "CPU smoke tests only")
     _add_router_args(onl)
@@ -589,6 +601,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("no --model given and the embedded model is not trained yet "
                              "(scripts/train_embedded_model.py)")  # fmt: skip
         args.model = str(embedded.MODEL_DIR)
+    if args.cmd == "frontier":
+        from lynx_ops.bench import frontier
+
+        return frontier.run(args.model, args.setting, args.batches, args.window_sets,
+                            args.prompt_len, args.forced_len, _engine_kwargs(args.engine_arg),
+                            Path(args.out))  # fmt: skip
     return fidelity(args)
 
 

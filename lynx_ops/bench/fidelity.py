@@ -65,12 +65,15 @@ class TeacherForcing(LogitsProcessor):
         return logits
 
 
-def windows(tokenizer, count: int, length: int) -> tuple[list[list[int]], list[int]]:
+def windows(tokenizer, count: int, length: int, window_set: int = 0
+            ) -> tuple[list[list[int]], list[int]]:  # fmt: skip
     """`count` token windows of `length` from the held-out files, one per file first: the first
     window of every file, then the second of every file, and so on, with the index of the file
     each came from. Windows of one file share experts far more than independent requests do, so
     a batch of consecutive windows of one file would overstate the reduction; up to the number of
-    held-out files (34 on Python 3.11) every window of a batch comes from its own document."""
+    held-out files (34 on Python 3.11) every window of a batch comes from its own document.
+    `window_set` s > 0 starts s rounds later (s * ceil(count / files) windows into each file), so
+    the sets share no window: independent samples of the same documents."""
     from lynx_ops.embedded import corpus
 
     per_file = []
@@ -79,64 +82,76 @@ def windows(tokenizer, count: int, length: int) -> tuple[list[list[int]], list[i
         per_file.append([ids[s : s + length] for s in range(0, len(ids) - length, length)])
     out: list[list[int]] = []
     sources: list[int] = []
-    for rank in range(max((len(w) for w in per_file), default=0)):
+    first = window_set * -(-count // max(len(per_file), 1))
+    for rank in range(first, max((len(w) for w in per_file), default=0)):
         for file_index, wins in enumerate(per_file):
             if rank < len(wins):
                 out.append(wins[rank])
                 sources.append(file_index)
                 if len(out) == count:
                     return out, sources
-    raise ValueError(f"held-out corpus has only {len(out)} windows of {length} tokens")
+    raise ValueError(f"held-out corpus has only {len(out)} windows of {length} tokens "
+                     f"for window set {window_set}")  # fmt: skip
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM
-    from vllm.inputs import TokensPrompt
 
     from lynx_ops import plugin
-    from lynx_ops.bench.worker_ext import lynx_reset, lynx_snapshot, summarize
 
     llm = LLM(model=spec["model"], seed=0, logprobs_mode="raw_logprobs",
               logits_processors=[TeacherForcing], **spec.get("engine", {}))  # fmt: skip
     lynx = plugin.is_installed()
     tok = llm.get_tokenizer()
     p_len, f_len = spec["prompt_len"], spec["forced_len"]
-    pool, sources = windows(tok, max(spec["batches"]), p_len + f_len)
     result: dict[str, Any] = {"lynx": lynx, "rows": []}
     if spec.get("timed"):  # warm-up first, then timed greedy decode (main job)
+        pool, _ = windows(tok, max(spec["batches"]), p_len + f_len)
         result["timed"] = _timed(llm, pool, p_len, spec["timed"], lynx)
-    for batch in spec["batches"]:
-        wins = pool[:batch]
-        prompts = [TokensPrompt(prompt_token_ids=w[:p_len]) for w in wins]
-        if lynx:
-            llm.collective_rpc(lynx_reset)
-        forced = [SamplingParams(max_tokens=f_len, temperature=0.0, logprobs=0, ignore_eos=True,
-                                 extra_args={FORCE_KEY: w[p_len:]}) for w in wins]  # fmt: skip
-        outs = llm.generate(prompts, forced, use_tqdm=False)
-        nll, follows = [], True
-        for w, o in zip(wins, outs, strict=True):
-            got = list(o.outputs[0].token_ids)
-            follows &= got == w[p_len:]
-            # output 0 comes from the prefill step; the rest from decode steps, which Lynx remaps
-            for pos, lp in list(zip(got, o.outputs[0].logprobs, strict=True))[1:]:
-                nll.append(-lp[pos].logprob)
-        summary = summarize(llm.collective_rpc(lynx_snapshot)[0]) if lynx else {}
-        greedy = llm.generate(
-            prompts, SamplingParams(max_tokens=spec.get("greedy_len", f_len), temperature=0.0),
-            use_tqdm=False,
-        )  # fmt: skip
-        result["rows"].append({
-            "batch": batch, "documents": len(set(sources[:batch])),
-            "tokens_scored": len(nll), "forced_tokens_followed": follows,
-            "nll_per_token": statistics.mean(nll), "perplexity": math.exp(statistics.mean(nll)),
-            "greedy": [list(g.outputs[0].token_ids) for g in greedy],
-            "experts_before": summary.get("experts_before"),
-            "experts_after": summary.get("experts_after"),
-            "top1_kept": summary.get("top1_kept"),
-        })  # fmt: skip
-        print(f"PROGRESS B={batch}: nll/token {result['rows'][-1]['nll_per_token']:.4f}",
-              file=sys.stderr, flush=True)  # fmt: skip
+    for window_set in range(spec.get("window_sets", 1)):
+        pool, sources = windows(tok, max(spec["batches"]), p_len + f_len, window_set)
+        for batch in spec["batches"]:
+            result["rows"].append(_score_batch(llm, pool[:batch], sources[:batch], spec, lynx))
+            result["rows"][-1]["window_set"] = window_set
+            print(f"PROGRESS set {window_set} B={batch}: nll/token "
+                  f"{result['rows'][-1]['nll_per_token']:.4f}", file=sys.stderr, flush=True)  # fmt: skip
     return result
+
+
+def _score_batch(llm, wins: list[list[int]], sources: list[int], spec: dict, lynx: bool) -> dict:
+    """One batch of windows decoded together: teacher-forced decode NLL, greedy outputs (unless
+    the spec sets greedy_len 0), and Lynx's counters over its decode steps."""
+    from vllm.inputs import TokensPrompt
+
+    from lynx_ops.bench.worker_ext import lynx_reset, lynx_snapshot, summarize
+
+    p_len, f_len = spec["prompt_len"], spec["forced_len"]
+    prompts = [TokensPrompt(prompt_token_ids=w[:p_len]) for w in wins]
+    if lynx:
+        llm.collective_rpc(lynx_reset)
+    forced = [SamplingParams(max_tokens=f_len, temperature=0.0, logprobs=0, ignore_eos=True,
+                             extra_args={FORCE_KEY: w[p_len:]}) for w in wins]  # fmt: skip
+    outs = llm.generate(prompts, forced, use_tqdm=False)
+    nll, follows = [], True
+    for w, o in zip(wins, outs, strict=True):
+        got = list(o.outputs[0].token_ids)
+        follows &= got == w[p_len:]
+        # output 0 comes from the prefill step; the rest from decode steps, which Lynx remaps
+        for pos, lp in list(zip(got, o.outputs[0].logprobs, strict=True))[1:]:
+            nll.append(-lp[pos].logprob)
+    summary = summarize(llm.collective_rpc(lynx_snapshot)[0]) if lynx else {}
+    greedy_len = spec.get("greedy_len", f_len)
+    greedy = llm.generate(prompts, SamplingParams(max_tokens=greedy_len, temperature=0.0),
+                          use_tqdm=False) if greedy_len else []  # fmt: skip
+    return {
+        "batch": len(wins), "documents": len(set(sources)),
+        "tokens_scored": len(nll), "forced_tokens_followed": follows,
+        "nll_per_token": statistics.mean(nll), "perplexity": math.exp(statistics.mean(nll)),
+        "greedy": [list(g.outputs[0].token_ids) for g in greedy],
+        "experts_before": summary.get("experts_before"),
+        "experts_after": summary.get("experts_after"),
+        "top1_kept": summary.get("top1_kept"), "moved_share": summary.get("moved_share"),
+    }  # fmt: skip
 
 
 def _timed(llm, pool: list[list[int]], prompt_len: int, timed: dict, lynx: bool) -> dict[str, Any]:

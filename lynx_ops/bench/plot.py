@@ -100,3 +100,38 @@ def plot_online(agg: list[dict], slos: list[float], out_dir: Path, router: str) 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_frontier(table: list[dict], batches: list[int], out_dir: Path, model: str) -> Path:
+    """Distinct experts after the remap against the NLL change, one panel per batch size, one
+    marker series per policy kind, the frontier joined by a line."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4.5), dpi=100,
+                             squeeze=False)  # fmt: skip
+    for ax, batch in zip(axes[0], batches, strict=True):
+        rows = [r for r in table if r["batch"] == batch and r["experts_after"] is not None]
+        for kind in dict.fromkeys(r["kind"] for r in rows):
+            pts = [r for r in rows if r["kind"] == kind]
+            ax.errorbar([r["dnll_pct"] for r in pts], [r["experts_after"] for r in pts],
+                        xerr=[[r["dnll_pct"] - r["dnll_pct_min"] for r in pts],
+                              [r["dnll_pct_max"] - r["dnll_pct"] for r in pts]],
+                        fmt="o", capsize=3, label=kind)  # fmt: skip
+            for r in pts:
+                ax.annotate(r["setting"].split(":", 1)[1], (r["dnll_pct"], r["experts_after"]),
+                            fontsize=6, textcoords="offset points", xytext=(3, 3))  # fmt: skip
+        front = sorted((r for r in rows if r["frontier"]), key=lambda r: r["dnll_pct"])
+        ax.plot([r["dnll_pct"] for r in front], [r["experts_after"] for r in front], "k--",
+                linewidth=0.8, label="frontier")  # fmt: skip
+        if rows:
+            ax.axhline(rows[0]["experts_before"], color="grey", linewidth=0.8)
+            ax.annotate("stock", (0, rows[0]["experts_before"]), fontsize=7)
+        ax.set(title=f"B={batch}", xlabel="decode NLL change vs stock (%)",
+               ylabel="distinct experts per MoE layer")  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"lynx-bench frontier: {model}")
+    fig.tight_layout()
+    path = Path(out_dir) / "frontier.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

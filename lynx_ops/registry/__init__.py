@@ -22,7 +22,7 @@ from lynx_ops.registry.families import BUILTIN
 from lynx_ops.registry.families._base import Family, cfg
 from lynx_ops.registry.policy import Policy, PolicyError
 
-__all__ = ["Policy", "PolicyError", "Selection", "fallback_policy", "load_policy_file",
+__all__ = ["POLICY_FIELDS", "Policy", "PolicyError", "Selection", "fallback_policy", "load_policy_file",
            "register_policy", "router_shape", "select_policy", "supported_families"]  # fmt: skip
 
 _LOCK = threading.Lock()
@@ -98,8 +98,10 @@ def supported_families() -> list[Family]:
 
 
 _FILE_MATCH_KEYS = ("model_type", "architecture")
-_FILE_POLICY_KEYS = ("alpha", "beta", "scoring", "weight_rule", "scale", "num_expert_group",
-                     "layers", "kind", "budget", "fraction", "batch_score", "k0")  # fmt: skip
+# The Policy fields a policy file entry (or a frontier setting) may set.
+POLICY_FIELDS = ("alpha", "beta", "scoring", "weight_rule", "scale", "num_expert_group", "layers",
+                 "kind", "budget", "fraction", "batch_score", "k0")  # fmt: skip
+_FILE_POLICY_KEYS = POLICY_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
