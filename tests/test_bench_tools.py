@@ -348,3 +348,24 @@ def test_frontier_pairs_each_setting_with_stock_on_the_same_windows_and_finds_th
     points = [{"x": 10, "y": 1.0}, {"x": 12, "y": 0.5}, {"x": 12, "y": 0.8}, {"x": 9, "y": 2.0},
               {"x": 11, "y": 1.5}]  # fmt: skip
     assert pareto(points, "x", "y") == [points[0], points[1], points[3]]
+
+
+def test_window_sets_are_disjoint_and_each_batch_spreads_over_documents(monkeypatch):
+    pytest.importorskip("vllm")
+    from lynx_ops.bench import fidelity
+    from lynx_ops.embedded import corpus
+
+    # five documents of 3, 1, 4, 2 and 3 windows of 10 tokens (token = 1000 * doc + position)
+    sizes = [3, 1, 4, 2, 3]
+    texts = [" ".join(str(1000 * d + i) for i in range(10 * n + 1)) for d, n in enumerate(sizes)]
+    monkeypatch.setattr(corpus, "texts", lambda split: texts)
+    tok = type("Tok", (), {"encode": staticmethod(lambda t: [int(w) for w in t.split()])})()
+    sets = [fidelity.windows(tok, 4, 10, s) for s in range(3)]
+    first, sources = sets[0]
+    assert sources == [0, 1, 2, 3]  # the first window of each document first
+    assert [w[0] for w in first] == [0, 1000, 2000, 3000]
+    seen = [tuple(w) for wins, _ in sets for w in wins]
+    assert len(seen) == len(set(seen)) == 12  # no window in two sets
+    assert sets[1][1] == [4, 0, 2, 3] and sets[2][1] == [4, 0, 2, 4]
+    with pytest.raises(ValueError, match="not enough for window set 3 of 4"):
+        fidelity.windows(tok, 4, 10, 3)

@@ -72,26 +72,22 @@ def windows(tokenizer, count: int, length: int, window_set: int = 0
     each came from. Windows of one file share experts far more than independent requests do, so
     a batch of consecutive windows of one file would overstate the reduction; up to the number of
     held-out files (34 on Python 3.11) every window of a batch comes from its own document.
-    `window_set` s > 0 starts s rounds later (s * ceil(count / files) windows into each file), so
-    the sets share no window: independent samples of the same documents."""
+    Window set s is the s-th run of `count` windows in that order, so sets share no window (set 0
+    is what one set always was); rows report how many documents a batch drew on."""
     from lynx_ops.embedded import corpus
 
     per_file = []
     for text in corpus.texts("heldout"):
         ids = tokenizer.encode(text)
         per_file.append([ids[s : s + length] for s in range(0, len(ids) - length, length)])
-    out: list[list[int]] = []
-    sources: list[int] = []
-    first = window_set * -(-count // max(len(per_file), 1))
-    for rank in range(first, max((len(w) for w in per_file), default=0)):
-        for file_index, wins in enumerate(per_file):
-            if rank < len(wins):
-                out.append(wins[rank])
-                sources.append(file_index)
-                if len(out) == count:
-                    return out, sources
-    raise ValueError(f"held-out corpus has only {len(out)} windows of {length} tokens "
-                     f"for window set {window_set}")  # fmt: skip
+    order = [(wins[rank], file_index)
+             for rank in range(max((len(w) for w in per_file), default=0))
+             for file_index, wins in enumerate(per_file) if rank < len(wins)]  # fmt: skip
+    chosen = order[window_set * count : (window_set + 1) * count]
+    if len(chosen) < count:
+        raise ValueError(f"held-out corpus has {len(order)} windows of {length} tokens: not enough "
+                         f"for window set {window_set} of {count}")  # fmt: skip
+    return [w for w, _ in chosen], [f for _, f in chosen]
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
