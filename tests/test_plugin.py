@@ -440,3 +440,44 @@ def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
         if state.budget is None:
             break
         state.budget.fill_(9)
+
+
+def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path):
+    """by_batch: 16 padded rows take the bucket's budget (its own device scalar), 32 take the base
+    bins setting; each equals the reference for that setting."""
+    import json
+
+    import torch
+    import vllm.forward_context as fc
+    from vllm.config import CUDAGraphMode
+
+    from lynx_ops.reference import budget_ref, remap_ref
+    from tests.helpers import Shape, make_batch
+
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "by_batch": [
+        {"max_batch": 16, "kind": "budget", "budget": 12}]}]}))  # fmt: skip
+    monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", str(path))
+    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
+    config = _vllm_config(hf)
+    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
+    runner = _runner(FusedTopKRouter("softmax"))
+    runner.parameters = lambda: [torch.zeros(1)]
+    state = layers.attach(runner, config)
+    assert state.budget is None and len(state.budgets) == 1  # the bucket's scalar only
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    for rows, valid in ((16, 12), (32, 30)):
+        x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), rows, seed=rows, spread=1.2)
+        qsl = torch.arange(0, valid + 1, dtype=torch.int32)
+        ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.NONE,
+                              attn_metadata={"attn": SimpleNamespace(max_query_len=1,
+                                                                     query_start_loc=qsl)})  # fmt: skip
+        monkeypatch.setattr(fc, "get_forward_context", lambda ctx=ctx: ctx)
+        got_w, got_ids, remapped = layers.route(state, x, w, ids)
+        n = torch.tensor([valid])
+        if rows == 16:
+            want = budget_ref(x, w, ids, n, None, torch.tensor([12]), 1.0, 0, 3.0, 2, 0, 0, 1.0, 0)
+        else:
+            want = remap_ref(x, w, ids, n, None, 3.0, 2, 0, 0, 1.0, 0)
+        assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])

@@ -264,3 +264,37 @@ def test_keep_k0_above_the_models_top_k_stops_at_startup(tmp_path):
     path = _write(tmp_path, {"policies": [{"model_type": "mixtral", "kind": "keep_k0", "k0": 3}]})
     with pytest.raises(PolicyError, match=r"k0=3 exceeds the model's top_k=2; allowed: 1..2"):
         select_policy(CONFIGS["mixtral-8x7b"], config_file=path)
+
+
+def test_settings_per_batch_size_follow_the_padded_row_count(tmp_path):
+    path = _write(tmp_path, {"policies": [{"model_type": "qwen3_moe", "beta": 4, "by_batch": [
+        {"max_batch": 8, "beta": 2}, {"max_batch": 32, "kind": "budget", "fraction": 0.6}]}]})  # fmt: skip
+    p = select_policy(CONFIGS["qwen3-30b-a3b"], config_file=path).policy
+    assert [p.for_rows(t).beta for t in (1, 8)] == [2, 2]
+    assert [p.for_rows(t).kind for t in (9, 32, 33, 512)] == ["budget", "budget", "bins", "bins"]
+    assert p.for_rows(16).fraction == 0.6 and p.for_rows(64).beta == 4
+    assert p.for_rows(16).alpha == 3.0  # unset fields come from the family's policy
+    assert "by batch size: B<=8: alpha=3 beta=2; B<=32: budget fraction=0.6 by count; larger: " \
+           "alpha=3 beta=4;" in p.describe()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "by_batch, match",
+    [({"max_batch": 8}, "by_batch=.*a list"),
+     ([{"max_batch": 16, "beta": 2}, {"max_batch": 8, "beta": 3}], r"by_batch\[1\].max_batch=8 invalid.*> 16"),
+     ([{"beta": 2}], r"by_batch\[0\].max_batch=None"),
+     ([{"max_batch": 8, "layers": [0]}], r"unknown field\(s\) \['layers'\]"),
+     ([{"max_batch": 8, "beta": 9}], r"by_batch\[0\]: beta=9 invalid"),
+     ([{"max_batch": 8, "kind": "keep_k0"}], r"by_batch\[0\]: k0=0 invalid")],
+)  # fmt: skip
+def test_bad_per_batch_settings_name_the_entry(tmp_path, by_batch, match):
+    path = _write(tmp_path, {"policies": [{"model_type": "qwen3_moe", "by_batch": by_batch}]})
+    with pytest.raises(PolicyError, match=match):
+        load_policy_file(path)
+
+
+def test_a_per_batch_keep_k0_above_top_k_stops_at_startup(tmp_path):
+    path = _write(tmp_path, {"policies": [{"model_type": "mixtral", "by_batch": [
+        {"max_batch": 8, "kind": "keep_k0", "k0": 3}]}]})  # fmt: skip
+    with pytest.raises(PolicyError, match=r"k0=3 exceeds the model's top_k=2"):
+        select_policy(CONFIGS["mixtral-8x7b"], config_file=path)

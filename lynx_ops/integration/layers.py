@@ -100,23 +100,31 @@ class LayerState:
     num_speculative_tokens: int
     stats: ExpertStats | None = None
     ceiling: int = 0  # benchmarks only (envs.VLLM_LYNX_CEILING_EXPERTS)
-    # The budget policy's K, on the layer's device: read by the op inside captured graphs, so a
-    # new value (fill_) applies from the next replay without a new capture.
-    budget: torch.Tensor | None = None
+    # The budget policy's K, on the layer's device, one per budget setting (the policy and its
+    # per-batch-size settings, by id): read by the op inside captured graphs, so a new value
+    # (fill_) applies from the next replay without a new capture.
+    budgets: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def budget(self) -> torch.Tensor | None:
+        """The device scalar of the policy's own (largest-batch) setting, if it is a budget."""
+        return self.budgets.get(id(self.policy))
 
     def op_args(self) -> tuple:
         alpha, beta, scoring, rule, scale, _ = self.policy.op_args()
         return alpha, beta, scoring, rule, scale, self.facts.num_expert_group
 
     def remap(self, logits, topk_weights, topk_ids, rows):
-        """The policy's op on one decode step's routing."""
-        p, groups = self.policy, self.facts.num_expert_group
+        """The policy's op on one decode step's routing; the setting follows the padded row count,
+        which is fixed per captured graph."""
+        p, groups = self.policy.for_rows(topk_ids.shape[0]), self.facts.num_expert_group
         tail = (int(p.scoring), int(p.weight_rule), float(p.scale), groups)
         if p.kind == "budget":
-            if self.budget.device != logits.device:  # attach() found no parameter to place it by
-                self.budget = self.budget.to(logits.device)
+            budget = self.budgets[id(p)]
+            if budget.device != logits.device:  # attach() found no parameter to place it by
+                budget = self.budgets[id(p)] = budget.to(logits.device)
             return torch.ops.lynx.remap_budget(
-                logits, topk_weights, topk_ids, rows, self.bias(), self.budget, float(p.fraction),
+                logits, topk_weights, topk_ids, rows, self.bias(), budget, float(p.fraction),
                 int(p.batch_score), float(p.alpha), p.beta, *tail,
             )  # fmt: skip
         if p.kind == "keep_k0":
@@ -124,7 +132,7 @@ class LayerState:
                 logits, topk_weights, topk_ids, rows, self.bias(), p.k0, *tail
             )
         return torch.ops.lynx.remap(
-            logits, topk_weights, topk_ids, rows, self.bias(), *self.op_args()
+            logits, topk_weights, topk_ids, rows, self.bias(), float(p.alpha), p.beta, *tail
         )
 
     def bias(self) -> torch.Tensor | None:
@@ -206,9 +214,12 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
     device = _device_of(runner)
     if device is not None:  # allocate now: never inside a graph capture
         state.stats = ExpertStats(1, device)
-    if policy.kind == "budget":
-        state.budget = torch.full((1,), policy.budget_value(num_experts), dtype=torch.int32,
-                                  device=device or "cpu")  # fmt: skip
+    for variant in policy.variants():
+        variant.check_model(num_experts, top_k)
+        if variant.kind == "budget":
+            state.budgets[id(variant)] = torch.full(
+                (1,), variant.budget_value(num_experts), dtype=torch.int32, device=device or "cpu"
+            )
     with _LOCK:
         LAYERS[name] = state
     return state

@@ -100,7 +100,7 @@ def supported_families() -> list[Family]:
 _FILE_MATCH_KEYS = ("model_type", "architecture")
 # The Policy fields a policy file entry (or a frontier setting) may set.
 POLICY_FIELDS = ("alpha", "beta", "scoring", "weight_rule", "scale", "num_expert_group", "layers",
-                 "kind", "budget", "fraction", "batch_score", "k0")  # fmt: skip
+                 "kind", "budget", "fraction", "batch_score", "k0", "by_batch")  # fmt: skip
 _FILE_POLICY_KEYS = POLICY_FIELDS
 
 
@@ -251,7 +251,8 @@ def select_policy(config: Any, config_file: Any = _FROM_ENV) -> Selection:
         return Selection(None, f"{label}: not a recognised MoE config (no experts/top-k found)")
     _check_layers(base, config, label)
     if num_experts and top_k:
-        base.check_model(num_experts, top_k)
+        for variant in base.variants():  # the per-batch-size settings too, at startup
+            variant.check_model(num_experts, top_k)
         if top_k == num_experts:
             return Selection(
                 None, f"{label}: every expert is active (k=E={top_k}); nothing to remap"

@@ -9,6 +9,8 @@ import math
 from lynx_ops.routing import MAX_BETA, BatchScore, Scoring, WeightRule
 
 KINDS = ("bins", "budget", "keep_k0")
+# What a per-batch-size setting may change: the policy, not the router's facts.
+BATCH_FIELDS = ("alpha", "beta", "kind", "budget", "fraction", "batch_score", "k0")
 
 
 class PolicyError(ValueError):
@@ -45,6 +47,10 @@ class Policy:
     fraction: float = 1.0
     batch_score: BatchScore = BatchScore.COUNT
     k0: int = 0
+    # Settings per decode batch size: ((max_batch, Policy), ...) ascending; a step of T padded
+    # rows uses the first with T <= max_batch, else this policy. T is fixed per captured graph, so
+    # the choice is made once per graph, never per replay. Given as [{"max_batch": 8, ...}, ...].
+    by_batch: tuple = ()
 
     def __post_init__(self) -> None:
         def bad(field: str, value, allowed: str) -> PolicyError:
@@ -91,6 +97,7 @@ class Policy:
                 raise bad("layers", self.layers, "allowed: null (all) or non-negative integers")
             object.__setattr__(self, "layers", layers)
         self._check_kind(bad)
+        self._check_by_batch(bad)
 
     def _check_kind(self, bad) -> None:
         if self.kind not in KINDS:
@@ -114,6 +121,52 @@ class Policy:
             raise bad("budget", self.budget, "a budget policy needs budget >= 1 or fraction < 1")
         if self.kind == "keep_k0" and self.k0 < 1:
             raise bad("k0", self.k0, "a keep_k0 policy needs k0 >= 1 (the experts a row keeps)")
+
+    def _check_by_batch(self, bad) -> None:
+        """Normalise by_batch to ((max_batch, ((field, value), ...)), ...) and build each bucket's
+        Policy from this one's fields, so a policy file that changes the base changes them too."""
+        raw = self.by_batch or ()
+        if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__iter__"):
+            raise bad("by_batch", raw, 'allowed: a list of {"max_batch": N, ...}')
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("by_batch", "layers")}  # fmt: skip
+        norm, variants, last = [], [], 0
+        for i, entry in enumerate(raw):
+            if isinstance(entry, tuple) and len(entry) == 2:  # normalised already (replace())
+                entry = {"max_batch": entry[0], **dict(entry[1])}
+            where = f"by_batch[{i}]"
+            if not isinstance(entry, dict):
+                raise bad(where, entry, 'allowed: an object {"max_batch": N, ...}')
+            max_batch = entry.get("max_batch")
+            if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch <= last:
+                raise bad(f"{where}.max_batch", max_batch,
+                          f"allowed: an integer > {last} (ascending, >= 1)")  # fmt: skip
+            fields = {k: v for k, v in entry.items() if k != "max_batch"}
+            unknown = sorted(set(fields) - set(BATCH_FIELDS))
+            if unknown:
+                raise bad(where, sorted(entry), f"unknown field(s) {unknown}; allowed: "
+                                                f"{['max_batch', *BATCH_FIELDS]}")  # fmt: skip
+            try:
+                variant = Policy(**{**base, **fields})
+            except PolicyError as e:
+                raise PolicyError(str(e).replace(f"policy '{self.family}':",
+                                                 f"policy '{self.family}' {where}:")) from None  # fmt: skip
+            norm.append((max_batch, tuple(sorted(fields.items()))))
+            variants.append((max_batch, variant))
+            last = max_batch
+        object.__setattr__(self, "by_batch", tuple(norm))
+        object.__setattr__(self, "_variants", tuple(variants))
+
+    def for_rows(self, num_rows: int) -> Policy:
+        """The setting for a step of `num_rows` padded rows (static per captured graph)."""
+        for max_batch, variant in self._variants:
+            if num_rows <= max_batch:
+                return variant
+        return self
+
+    def variants(self) -> list[Policy]:
+        """This policy and its per-batch-size settings."""
+        return [self, *(v for _, v in self._variants)]
 
     def applies_to_layer(self, index: int) -> bool:
         return self.layers is None or index in self.layers
@@ -141,19 +194,26 @@ class Policy:
         return (float(self.alpha), self.beta, int(self.scoring), int(self.weight_rule),
                 float(self.scale), self.num_expert_group)  # fmt: skip
 
-    def describe(self) -> str:
-        groups = f", groups={self.num_expert_group}" if self.num_expert_group > 1 else ""
-        layers = "all MoE layers" if self.layers is None else f"layers {list(self.layers)}"
+    def _how(self) -> str:
+        """The setting in words: kind and its parameters."""
         if self.kind == "budget":
             cap = " ".join(([f"K={self.budget}"] if self.budget else [])
                            + ([f"fraction={self.fraction:g}"] if self.fraction < 1 else []))  # fmt: skip
             how = f"budget {cap} by {self.batch_score.name.lower()}"
             if self.batch_score == BatchScore.HIST:
                 how += f" (alpha={self.alpha:g} beta={self.beta})"
-        elif self.kind == "keep_k0":
-            how = f"keep_k0 k0={self.k0}"
-        else:
-            how = f"alpha={self.alpha:g} beta={self.beta}"
+            return how
+        if self.kind == "keep_k0":
+            return f"keep_k0 k0={self.k0}"
+        return f"alpha={self.alpha:g} beta={self.beta}"
+
+    def describe(self) -> str:
+        groups = f", groups={self.num_expert_group}" if self.num_expert_group > 1 else ""
+        layers = "all MoE layers" if self.layers is None else f"layers {list(self.layers)}"
+        how = self._how()
+        if self._variants:  # the base setting covers the batches above the last bucket
+            sizes = "; ".join(f"B<={b}: {v._how()}" for b, v in self._variants)
+            how = f"by batch size: {sizes}; larger: {how};"
         return (f"{self.family}: {how} "
                 f"scoring={self.scoring.name.lower()} weights={self.weight_rule.name.lower()} "
                 f"scale={self.scale:g}{groups}, {layers} [{self.source}]")  # fmt: skip
