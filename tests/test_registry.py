@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -298,3 +299,26 @@ def test_a_per_batch_keep_k0_above_top_k_stops_at_startup(tmp_path):
         {"max_batch": 8, "kind": "keep_k0", "k0": 3}]}]})  # fmt: skip
     with pytest.raises(PolicyError, match=r"k0=3 exceeds the model's top_k=2"):
         select_policy(CONFIGS["mixtral-8x7b"], config_file=path)
+
+
+@pytest.mark.parametrize(
+    "extra, layers, moe",
+    [({"first_k_dense_replace": 1}, [0], "1-3"),  # DeepSeek: layer 0 dense
+     ({"decoder_sparse_step": 2}, [0, 2], "1,3"),  # Qwen2-MoE: every second layer
+     ({"mlp_only_layers": [1, 2]}, [1, 2], "0,3")],
+)  # fmt: skip
+def test_a_policy_naming_only_dense_layers_stops_at_startup(tmp_path, extra, layers, moe):
+    config = {**CONFIGS["qwen2-57b-a14b"], "num_hidden_layers": 4, **extra}
+    path = _write(tmp_path, {"policies": [{"model_type": "qwen2_moe", "layers": layers}]})
+    want = re.escape(f"layers {layers} are all dense") + ".*" + re.escape(f"MoE layers are {moe}")
+    with pytest.raises(PolicyError, match=want + "$"):
+        select_policy(config, config_file=path)
+
+
+def test_dense_layers_among_moe_ones_are_reported_and_the_rest_covered(tmp_path, caplog):
+    config = {**CONFIGS["deepseek-v2-lite"], "num_hidden_layers": 4, "first_k_dense_replace": 1}
+    path = _write(tmp_path, {"policies": [{"model_type": "deepseek_v2", "layers": [0, 2]}]})
+    with caplog.at_level("WARNING", logger="lynx_ops"):
+        p = select_policy(config, config_file=path).policy
+    assert p.layers == (0, 2)
+    assert "layers [0] are dense" in caplog.text and "Lynx covers [2]" in caplog.text

@@ -207,6 +207,50 @@ def _check_layers(policy: Policy, config: Any, label: str) -> None:
     if missing:
         raise PolicyError(f"{policy.source}: layers {missing} are not layers of this model "
                           f"({label} has {depth} decoder layers, 0-{int(depth) - 1})")  # fmt: skip
+    moe = moe_layers(config, int(depth))
+    if moe is not None and not set(policy.layers) & moe:
+        raise PolicyError(f"{policy.source}: layers {sorted(policy.layers)} are all dense (no MoE "
+                          f"block) in {label}, so Lynx would act nowhere; its MoE layers are "
+                          f"{_ranges(sorted(moe))}")  # fmt: skip
+    dense = sorted(set(policy.layers) - moe) if moe is not None else []
+    if dense:
+        _log_once(f"dense#{policy.source}#{label}",
+                  "%s: layers %s are dense in %s and stay stock; Lynx covers %s", policy.source,
+                  dense, label, sorted(set(policy.layers) & moe))  # fmt: skip
+
+
+def moe_layers(config: Any, depth: int) -> set[int] | None:
+    """The decoder layers with an MoE block, by the rules vLLM's model code applies (Qwen2/3-MoE:
+    decoder_sparse_step and mlp_only_layers; DeepSeek V2/V3: first_k_dense_replace and
+    moe_layer_freq; Llama 4: interleave_moe_layer_step); None where the config has none of
+    them (every layer then counts as MoE, as in Mixtral)."""
+    sparse_step = cfg(config, "decoder_sparse_step", default=None)
+    mlp_only = cfg(config, "mlp_only_layers", default=None) or []
+    first_dense = cfg(config, "first_k_dense_replace", default=None)
+    interleave = cfg(config, "interleave_moe_layer_step", default=None)
+    if sparse_step is None and not mlp_only and first_dense is None and interleave is None:
+        return None
+    layers = set(range(depth))
+    if sparse_step:
+        layers = {i for i in layers if (i + 1) % int(sparse_step) == 0}
+    layers -= {int(i) for i in mlp_only}
+    if first_dense is not None:
+        freq = int(cfg(config, "moe_layer_freq", default=1) or 1)
+        layers = {i for i in layers if i >= int(first_dense) and i % freq == 0}
+    if interleave:
+        layers = {i for i in layers if (i + 1) % int(interleave) == 0}
+    return layers
+
+
+def _ranges(values: list[int]) -> str:
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(f"{start}" if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(out) or "none"
 
 
 def select_policy(config: Any, config_file: Any = _FROM_ENV) -> Selection:
