@@ -145,7 +145,8 @@ def run(model: str, settings: list[str], batches: list[int], window_sets: int, p
     try:
         from lynx_ops.bench.plot import plot_frontier
 
-        print(f"plot: {plot_frontier(table, batches, out_dir, Path(model).name)}")
+        label = f"{model_type} at {Path(model).parent.name}/{Path(model).name}"
+        print(f"plot: {plot_frontier(table, batches, out_dir, label)}")
     except ImportError as e:
         print(f"no plot: {e}")
     print(f"results: {out_dir / 'frontier.csv'}  logs: {work}")
