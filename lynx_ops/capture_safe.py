@@ -5,7 +5,7 @@ vLLM captures its decode graphs with `torch.cuda.graph`'s default `capture_error
 While such a capture is under way, a *potentially unsafe* CUDA call (a synchronous copy, a stream
 synchronisation) from any other thread that is itself in global mode fails with "operation not
 permitted when stream is capturing" and invalidates the capture, and the engine dies at startup.
-The stats thread (integration/layers.py) reads the counters every few seconds, so a long capture
+The stats thread (integration/telemetry.py) reads the counters every few seconds, so a long capture
 (48 layers, many graph sizes) was sure to meet it.
 
 `SideReader` makes the thread's reads harmless, as PyTorch's NCCL watchdog does for its event

@@ -92,7 +92,7 @@ def test_stats_thread_retries_after_an_error(monkeypatch):
     """One failed publication (ENOSPC, say) used to end telemetry for the worker's life."""
     import time
 
-    from lynx_ops.integration import layers
+    from lynx_ops.integration import layer_state, telemetry
 
     calls, waits, clock = [], [], [0.0]
 
@@ -110,9 +110,9 @@ def test_stats_thread_retries_after_an_error(monkeypatch):
     monkeypatch.setattr(metrics, "publish", publish)
     monkeypatch.setattr(time, "sleep", sleep)
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(layers, "LAYERS", {})
+    monkeypatch.setattr(layer_state, "LAYERS", {})
     errors = []
-    thread = threading.Thread(target=lambda: _run(layers._stats_loop, errors), daemon=True)
+    thread = threading.Thread(target=lambda: _run(telemetry._stats_loop, errors), daemon=True)
     thread.start()
     thread.join(10)
     assert len(calls) >= 3, "telemetry stopped after the first error"

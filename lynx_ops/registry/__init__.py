@@ -211,7 +211,7 @@ def _check_layers(policy: Policy, config: Any, label: str) -> None:
     if moe is not None and not set(policy.layers) & moe:
         raise PolicyError(f"{policy.source}: layers {sorted(policy.layers)} are all dense (no MoE "
                           f"block) in {label}, so Lynx would act nowhere; its MoE layers are "
-                          f"{_ranges(sorted(moe))}")  # fmt: skip
+                          f"{format_ranges(sorted(moe))}")  # fmt: skip
     dense = sorted(set(policy.layers) - moe) if moe is not None else []
     if dense:
         _log_once(f"dense#{policy.source}#{label}",
@@ -242,7 +242,8 @@ def moe_layers(config: Any, depth: int) -> set[int] | None:
     return layers
 
 
-def _ranges(values: list[int]) -> str:
+def format_ranges(values: list[int]) -> str:
+    """Sorted layer numbers as ranges: [0, 1, 2, 5, 7, 8] -> "0-2,5,7-8"."""
     out, start = [], None
     for i, v in enumerate(values):
         if start is None:

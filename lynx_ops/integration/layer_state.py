@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The per-process registry of covered MoE layers and each layer's `LayerState`: its policy, its
+router's facts, its device counters and budget scalars, and `remap`, which calls the policy's op."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import re
+import threading
+from typing import Any
+
+import torch
+
+import lynx_ops  # noqa: F401  (registers torch.ops.lynx.*)
+from lynx_ops.integration.routers import RouterFacts
+from lynx_ops.registry.policy import Policy
+from lynx_ops.routing import Scoring
+from lynx_ops.stats import ExpertStats
+
+logger = logging.getLogger("lynx_ops")
+
+LOCK = threading.Lock()
+LAYERS: dict[str, LayerState] = {}
+# Host-side decisions (eager steps, warm-ups and captures; a graph replay runs no Python).
+DECISIONS: collections.Counter[str] = collections.Counter()
+SINGLE_ROW = "single row (the remap is the identity)"
+LOGGED: set[str] = set()
+
+
+def log_once(key: str, level: int, msg: str, *args: Any) -> None:
+    with LOCK:
+        if key in LOGGED:
+            return
+        LOGGED.add(key)
+    logger.log(level, "[lynx] " + msg, *args)
+
+
+@dataclasses.dataclass
+class LayerState:
+    name: str
+    index: int  # the decoder layer number in the name (policy.layers refers to it)
+    policy: Policy
+    facts: RouterFacts
+    router: Any  # the correction bias is read from it at call time (weight loading replaces it)
+    vllm_config: Any
+    num_speculative_tokens: int
+    stats: ExpertStats | None = None
+    ceiling: int = 0  # benchmarks only (envs.VLLM_LYNX_CEILING_EXPERTS)
+    # The budget policy's K, on the layer's device, one per budget setting (the policy and its
+    # per-batch-size settings, by id): read by the op inside captured graphs, so a new value
+    # (fill_) applies from the next replay without a new capture.
+    budgets: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    @property
+    def budget(self) -> torch.Tensor | None:
+        """The device scalar of the policy's own (largest-batch) setting, if it is a budget."""
+        return self.budgets.get(id(self.policy))
+
+    def op_args(self) -> tuple:
+        alpha, beta, scoring, rule, scale, _ = self.policy.op_args()
+        return alpha, beta, scoring, rule, scale, self.facts.num_expert_group
+
+    def remap(self, logits, topk_weights, topk_ids, rows):
+        """The policy's op on one decode step's routing; the setting follows the padded row count,
+        which is fixed per captured graph."""
+        p, groups = self.policy.for_rows(topk_ids.shape[0]), self.facts.num_expert_group
+        tail = (int(p.scoring), int(p.weight_rule), float(p.scale), groups)
+        if p.kind == "budget":
+            budget = self.budgets[id(p)]
+            if budget.device != logits.device:  # attach() found no parameter to place it by
+                budget = self.budgets[id(p)] = budget.to(logits.device)
+            return torch.ops.lynx.remap_budget(
+                logits, topk_weights, topk_ids, rows, self.bias(), budget, float(p.fraction),
+                int(p.batch_score), float(p.alpha), p.beta, *tail,
+            )  # fmt: skip
+        if p.kind == "keep_k0":
+            return torch.ops.lynx.remap_keep(
+                logits, topk_weights, topk_ids, rows, self.bias(), p.k0, *tail
+            )
+        return torch.ops.lynx.remap(
+            logits, topk_weights, topk_ids, rows, self.bias(), float(p.alpha), p.beta, *tail
+        )
+
+    def bias(self) -> torch.Tensor | None:
+        if self.policy.scoring != Scoring.SIGMOID_BIAS:
+            return None
+        return self.router.e_score_correction_bias
+
+
+def layer_index(name: str) -> int:
+    match = re.search(r"\.(\d+)\.", f".{name}.")
+    return int(match.group(1)) if match else 0
