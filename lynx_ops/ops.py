@@ -209,28 +209,42 @@ _lib.impl("remap", _remap_cuda, "CUDA")
 torch.library.register_fake("lynx::remap", _remap_fake, lib=_lib)
 
 
-def _policy_impls(check, reference):
-    """Fake and real implementations of a policy that has only its plain-torch form so far. The
-    reference is dense and free of host synchronisation, so on CUDA it runs inside captured
-    graphs as it is (one launch per torch op, not one fused kernel: see docs/ALGORITHM.md)."""
+def _policy_impls(check, reference, launcher_name):
+    """Fake, CPU and CUDA implementations of a policy. On CUDA the one-program Triton kernel
+    (kernels/policies.py) takes padded batches up to its size; larger ones run the reference,
+    which is dense and free of host synchronisation, so it is captured in CUDA graphs as it is."""
 
     def fake(*args):
         check(*args)
         return _empty_outputs(args[1], args[2])
 
-    def real(*args):
+    def cpu(*args):
         check(*args)
-        out_w, out_ids, touched = reference(*args)
-        return out_w.contiguous(), out_ids.contiguous(), touched
+        return _run_ref(reference, args)
 
-    return fake, real
+    def cuda(*args):
+        check(*args)
+        from lynx_ops.kernels import policies  # lazy: keeps `import lynx_ops` Triton-free
+
+        if policies.fits(*args[0].shape):
+            return getattr(policies, launcher_name)(*args)
+        return _run_ref(reference, args)
+
+    return fake, cpu, cuda
 
 
-for _name, _check, _ref in (("remap_budget", check_budget_inputs, budget_ref),
-                            ("remap_keep", check_keep_inputs, keep_ref)):  # fmt: skip
-    _fake, _real = _policy_impls(_check, _ref)
-    _lib.impl(_name, _real, "CPU")
-    _lib.impl(_name, _real, "CUDA")
+def _run_ref(reference, args):
+    out_w, out_ids, touched = reference(*args)
+    return out_w.contiguous(), out_ids.contiguous(), touched
+
+
+for _name, _check, _ref, _launcher in (
+    ("remap_budget", check_budget_inputs, budget_ref, "budget_triton"),
+    ("remap_keep", check_keep_inputs, keep_ref, "keep_triton"),
+):
+    _fake, _cpu, _cuda = _policy_impls(_check, _ref, _launcher)
+    _lib.impl(_name, _cpu, "CPU")
+    _lib.impl(_name, _cuda, "CUDA")
     torch.library.register_fake(f"lynx::{_name}", _fake, lib=_lib)
 
 remap = torch.ops.lynx.remap.default

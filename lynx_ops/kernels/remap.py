@@ -26,7 +26,8 @@ Keys, so that each of the k selections of a row costs one or two row reductions 
   column of every expert in that bin.
 * vote, second key (ties of the first): the row's own gap as sortable bits, then whether the
   expert is in the row's vanilla choice, then the lower index.
-* final choice: the score as sortable bits, then vanilla membership, then the lower index.
+* final choice: kept experts first (bit 60), then the score as sortable bits, then vanilla
+  membership, then the lower index (kernels/policies.py shares this step).
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def _block_final(
     E, scale,
     K: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Final choice inside the kept set, weights and outputs for every row of the block (padding
-    rows get their vanilla values). Returns [BE] int32 masks of the experts the block's valid rows
+    """Final choice, inside the kept set first, weights and outputs for every row of the block
+    (padding rows get their vanilla values). Returns [BE] int32 masks of the experts the block's valid rows
     use before and after."""
     kcols = tl.arange(0, BLOCK_K)
     k_ok = kcols < K
@@ -142,7 +143,11 @@ def _block_final(
     bits = s.to(tl.int32, bitcast=True)
     sortable = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed-integer order
     key = (sortable.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols)
-    key = tl.where(allowed & (kept[None, :] > 0), key, _INT64_MIN)
+    # Kept experts first (bit 60 above the 43-bit signed score key), then the row's own next best
+    # where the kept set holds fewer than k of its allowed experts (budget and keep_k0 policies;
+    # the bins policy's kept set always holds k for every row), never a disallowed one.
+    key = key + (kept[None, :] > 0).to(tl.int64) * (1 << 60)
+    key = tl.where(allowed, key, _INT64_MIN)
     # -1 in the padded columns (k not a power of two) so they never match a vanilla id
     new_ids = tl.full([s.shape[0], BLOCK_K], -1, dtype=tl.int32)
     final = tl.zeros(key.shape, dtype=tl.int1)
