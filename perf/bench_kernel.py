@@ -13,6 +13,9 @@ spread, not dummy weights. The latency does not depend much on the values.
     python perf/bench_kernel.py --out perf/results/kernel_latency_h100.csv
     python perf/bench_kernel.py --sweep --out perf/results/kernel_sweep_h100.csv
 
+`--policy budget` / `--policy keep_k0` time `lynx::remap_budget` (K = E/4, count score) and
+`lynx::remap_keep` (k0 = k/2) instead, with their references beside them.
+
 `--sweep` times each launch shape (fused in one program; split in three launches at several block
 sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/configs.py were chosen.
 """
@@ -30,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lynx_ops  # noqa: E402
-from lynx_ops.reference import remap_ref  # noqa: E402
+from lynx_ops.reference import budget_ref, keep_ref, remap_ref  # noqa: E402
 from lynx_ops.routing import Scoring, WeightRule  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
 from perf.timing import graph_time_us as _graph_time_us  # noqa: E402
@@ -116,6 +119,17 @@ def _sweep(args, prov) -> list[dict]:
     return rows
 
 
+def _policy_call(policy: str, shape: Shape, a: tuple):
+    """(op, reference, arguments) for one policy on remap's arguments `a`."""
+    if policy == "bins":
+        return torch.ops.lynx.remap, remap_ref, a
+    head, tail = a[:5], a[7:]  # tensors ... bias | scoring, rule, scale, groups
+    if policy == "budget":
+        k_t = torch.full((1,), max(1, shape.E // 4), dtype=torch.int32, device=a[0].device)
+        return torch.ops.lynx.remap_budget, budget_ref, (*head, k_t, 1.0, 0, *a[5:7], *tail)
+    return torch.ops.lynx.remap_keep, keep_ref, (*head, max(1, shape.k // 2), *tail)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=50)
@@ -123,6 +137,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     ap.add_argument("--sweep", action="store_true", help="time every launch shape, see above")
     ap.add_argument("--shapes", nargs="*", default=[], help="only shapes whose name starts so")
+    ap.add_argument("--policy", choices=["bins", "budget", "keep_k0"], default="bins")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
     prov = provenance()
@@ -135,13 +150,13 @@ def main() -> None:
         for T in args.batches:
             x, w, ids, bias = (a.cuda() if a is not None else None
                                for a in make_batch(shape, T, seed=T))  # fmt: skip
-            a = op_args(shape, x, w, ids, bias, T)
-            op_us = _graph_time_us(lambda a=a: torch.ops.lynx.remap(*a), args.repeats)
-            ref_us = _graph_time_us(lambda a=a: remap_ref(*a), max(5, args.repeats // 5))
-            eager_us = _eager_time_us(lambda a=a: torch.ops.lynx.remap(*a), args.repeats)
-            before, after = torch.ops.lynx.remap(*a)[2].tolist()[:2]
+            op, ref, a = _policy_call(args.policy, shape, op_args(shape, x, w, ids, bias, T))
+            op_us = _graph_time_us(lambda a=a, op=op: op(*a), args.repeats)
+            ref_us = _graph_time_us(lambda a=a, ref=ref: ref(*a), max(5, args.repeats // 5))
+            eager_us = _eager_time_us(lambda a=a, op=op: op(*a), args.repeats)
+            before, after = op(*a)[2].tolist()[:2]
             rows.append({
-                "shape": name, "E": shape.E, "k": shape.k, "T": T,
+                "shape": name, "policy": args.policy, "E": shape.E, "k": shape.k, "T": T,
                 "triton_graph_us_median": round(op_us, 2),
                 "reference_graph_us_median": round(ref_us, 2),
                 "triton_eager_call_us_median": round(eager_us, 2),

@@ -23,7 +23,8 @@
 # spaces; e.g. FP8 experts: --engine-arg quantization=online
 #   --engine-arg quantization_config={"moe":"fp8_per_channel"}; n-gram speculation:
 #   --engine-arg speculative_config={"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4,"prompt_lookup_min":2};
-#   LoRA: --lora-adapters 4 --lora-rank 16; tensor parallel: --engine-arg tensor_parallel_size=2).
+#   LoRA: --lora-adapters 4 --lora-rank 16; tensor parallel: --engine-arg tensor_parallel_size=2;
+#   a policy: --policy-file perf/policies/FILE), LYNX_ONLINE_EXTRA (the same for `lynx-bench online`).
 # vLLM comes from the devkit (../shared/devkit): `source .devkit/env.sh` first.
 set -uo pipefail
 cmd="${1:?start STAGE... | wait SECONDS | collect}"
@@ -69,7 +70,7 @@ stage() {
         --prompts-per-concurrency 2 --min-prompts 4 --slo-multipliers 2 3 4 \
         --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 \
         '--serve-arg=--compilation-config={"cudagraph_capture_sizes":[1,2,4,8,16,24,32,40,48,56,64,80,96,112,128]}' \
-        --out "$dir" ;;
+        ${LYNX_ONLINE_EXTRA:-} --out "$dir" ;;
     kernel) python3 perf/bench_kernel.py --out "$dir/kernel_latency.csv" ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;
     vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest tests/vllm_gpu \

@@ -369,3 +369,22 @@ def test_window_sets_are_disjoint_and_each_batch_spreads_over_documents(monkeypa
     assert sets[1][1] == [4, 0, 2, 3] and sets[2][1] == [4, 0, 2, 4]
     with pytest.raises(ValueError, match="not enough for window set 3 of 4"):
         fidelity.windows(tok, 4, 10, 3)
+
+
+def test_policy_file_for_the_lynx_side_is_checked_before_any_engine(tmp_path):
+    import argparse
+    import json
+
+    from lynx_ops.bench.cli import _lynx_env, _policy_label
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "kind": "keep_k0",
+                                              "k0": 4}]}))  # fmt: skip
+    env = _lynx_env(argparse.Namespace(policy_file=str(good)))
+    assert env == {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CONFIG_FILE": str(good.resolve())}
+    assert "keep_k0" in _policy_label(argparse.Namespace(policy_file=str(good)))
+    assert _lynx_env(argparse.Namespace(policy_file=None)) == {"VLLM_LYNX_ENABLED": "1"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "kind": "budget"}]}))
+    with pytest.raises(SystemExit, match="--policy-file: .*budget=0 invalid"):
+        _lynx_env(argparse.Namespace(policy_file=str(bad)))

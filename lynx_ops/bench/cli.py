@@ -82,6 +82,33 @@ def _add_source_args(parser: argparse.ArgumentParser, cpu_note: str) -> None:
     parser.add_argument("--vocab", type=int, default=30000, help="prompt token ids below this")
 
 
+def _add_policy_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy-file", default=None, metavar="FILE",
+                        help="the Lynx side runs with this policy file (VLLM_LYNX_CONFIG_FILE; "
+                             "docs/MODELS.md), e.g. a setting chosen with lynx-bench frontier")  # fmt: skip
+
+
+def _lynx_env(args: argparse.Namespace) -> dict[str, str]:
+    """The Lynx side's environment; a policy file is checked now, before any engine starts."""
+    env = {"VLLM_LYNX_ENABLED": "1"}
+    if getattr(args, "policy_file", None):
+        from lynx_ops.registry import PolicyError, load_policy_file
+
+        try:
+            load_policy_file(args.policy_file)
+        except PolicyError as e:
+            raise SystemExit(f"--policy-file: {e}") from None
+        env["VLLM_LYNX_CONFIG_FILE"] = str(Path(args.policy_file).resolve())
+    return env
+
+
+def _policy_label(args: argparse.Namespace) -> str:
+    """What the Lynx side ran with, for every result row."""
+    if not getattr(args, "policy_file", None):
+        return "family default"
+    return json.dumps(json.loads(Path(args.policy_file).read_text())["policies"])
+
+
 def _add_router_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("router (dummy weights only)")
     g.add_argument("--router", dest="router_preset", default="calibrated", metavar="PRESET",
@@ -158,7 +185,7 @@ def offline(args: argparse.Namespace) -> int:
             return reused[label]
         return run_worker(label, spec, env_extra, work)
 
-    runs = {"stock": run("stock", {}), "lynx": run("lynx", {"VLLM_LYNX_ENABLED": "1"})}
+    runs = {"stock": run("stock", {}), "lynx": run("lynx", _lynx_env(args))}
     if args.stock_again:
         # Stock, Lynx, stock: the two stock engines bracket Lynx, so their mean cancels a linear
         # drift of the machine and their difference is the run's noise floor.
@@ -179,7 +206,8 @@ def offline(args: argparse.Namespace) -> int:
                                   strict=True):  # fmt: skip
         b = stock["batch"]
         row = {"model": args.shape or args.model, "layers": args.layers, "batch": b,
-               "input_len": args.input_len, "output_len": args.output_len, "router": router}  # fmt: skip
+               "input_len": args.input_len, "output_len": args.output_len, "router": router,
+               "policy": _policy_label(args)}  # fmt: skip
         for side, r in (("stock", stock), ("lynx", lynx), ("stock_again", again)):
             for key, value in (r or {}).items():
                 if key not in ("batch", "input_len", "output_len", "repeats"):
@@ -270,6 +298,8 @@ def _num(value: float | None, spec: str, absent: str = "invalid") -> str:
 def _print_table(rows: list[dict], router: str, prov: dict) -> None:
     print(f"\nrouter: {router}; {prov['gpu']}, vLLM {prov['vllm']}, lynx_ops {prov['lynx_ops']} "
           f"@ {prov['git_sha']}")  # fmt: skip
+    if rows and rows[0].get("policy", "family default") != "family default":
+        print(f"Lynx policy file: {rows[0]['policy']}")
     head = (f"{'B':>4} {'stock TPOT ms':>13} {'noise %':>7} {'Lynx TPOT ms':>12} {'speed-up':>8} "
             f"{'experts before->after':>22} {'ceiling ms':>10} {'efficiency':>10} "
             f"{'mem-bw % s/L':>12}")  # fmt: skip
@@ -423,7 +453,7 @@ def online_cmd(args: argparse.Namespace) -> int:
     print("TPOT SLOs (declared before the run): "
           + ", ".join([f"{m:g}x stock's single-request TPOT" for m in args.slo_multipliers]
                       + [f"{v:g} ms" for v in args.slo_ms]), flush=True)  # fmt: skip
-    sides = [("stock", {}), ("lynx", {"VLLM_LYNX_ENABLED": "1"})]
+    sides = [("stock", {}), ("lynx", _lynx_env(args))]
     if args.stock_again:
         sides.append(("stock_again", {}))
     runs = {}
@@ -437,7 +467,8 @@ def online_cmd(args: argparse.Namespace) -> int:
     agg = online.aggregate(rows, slos)
     prov = provenance()
     base = {"model": args.shape or args.model, "layers": args.layers, "router": args.router_label,
-            "input_len": args.input_len, "output_len": args.output_len}  # fmt: skip
+            "input_len": args.input_len, "output_len": args.output_len,
+            "policy": _policy_label(args)}  # fmt: skip
     write_csv(out_dir / "online.csv", [{**base, **a, **prov} for a in agg])
     write_csv(out_dir / "online_runs.csv",
               [{**base, **{k: v for k, v in r.items() if not k.startswith("_") and
@@ -515,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     off = sub.add_parser("offline", help="fixed decode batches, stock vs Lynx (vs ceiling)")
     _add_source_args(off, "smoke tests on CPU; not a performance number")
     _add_router_args(off)
+    _add_policy_arg(off)
     off.add_argument("--load-format", default="dummy")
     off.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128])
     off.add_argument("--input-len", type=int, default=128)
@@ -557,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     onl = sub.add_parser("online", help="vllm serve, stock vs Lynx, driven by vllm bench serve")
     _add_source_args(onl, "CPU smoke tests only")
     _add_router_args(onl)
+    _add_policy_arg(onl)
     onl.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 16, 32, 64, 128],
                      help="closed-loop points: at most C requests in flight")  # fmt: skip
     onl.add_argument("--request-rates", type=float, nargs="*", default=[],
