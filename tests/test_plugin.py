@@ -391,6 +391,40 @@ def test_documented_off_values_leave_vllm_stock(monkeypatch, value):
     assert envs.VLLM_LYNX_ENABLED is False
 
 
+def _qwen3_layer_with_policy(monkeypatch, tmp_path, entry: dict):
+    """A Qwen3-MoE layer (E=128, k=8) attached under a policy file holding `entry`, decode gating
+    as under FULL_AND_PIECEWISE graphs."""
+    import json
+
+    import torch
+    from vllm.config import CUDAGraphMode
+
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **entry}]}))
+    monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", str(path))
+    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
+    config = _vllm_config(hf)
+    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
+    runner = _runner(FusedTopKRouter("softmax"))
+    runner.parameters = lambda: [torch.zeros(1)]
+    return layers.attach(runner, config)
+
+
+def _eager_decode_step(monkeypatch, valid: int) -> None:
+    """The forward context of an eager uniform-decode step of `valid` real tokens."""
+    import torch
+    import vllm.forward_context as fc
+    from vllm.config import CUDAGraphMode
+
+    qsl = torch.arange(0, valid + 1, dtype=torch.int32)
+    ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.NONE,
+                          attn_metadata={"attn": SimpleNamespace(max_query_len=1,
+                                                                 query_start_loc=qsl)})  # fmt: skip
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
+
+
 @pytest.mark.parametrize(
     "fields, op",
     [
@@ -401,33 +435,15 @@ def test_documented_off_values_leave_vllm_stock(monkeypatch, value):
 def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
     """A budget or keep_k0 policy from a policy file reaches its own op on decode steps, with the
     budget read from the layer's device scalar (a new value applies to the next step)."""
-    import json
-
     import torch
-    import vllm.forward_context as fc
-    from vllm.config import CUDAGraphMode
 
     from lynx_ops.reference import budget_ref, keep_ref
     from tests.helpers import Shape, make_batch
 
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **fields}]}))
-    monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", str(path))
-    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
-                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
-    config = _vllm_config(hf)
-    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
-    runner = _runner(FusedTopKRouter("softmax"))
-    runner.parameters = lambda: [torch.zeros(1)]
-    state = layers.attach(runner, config)
+    state = _qwen3_layer_with_policy(monkeypatch, tmp_path, fields)
     assert state.policy.kind == fields["kind"]
     x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 16, seed=3, spread=1.2)
-    qsl = torch.arange(0, 13, dtype=torch.int32)  # 12 decode tokens of 16
-    ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.NONE,
-                          attn_metadata={"attn": SimpleNamespace(max_query_len=1,
-                                                                 query_start_loc=qsl)})  # fmt: skip
-    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
-    monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
+    _eager_decode_step(monkeypatch, 12)  # 12 decode tokens of 16 rows
     n = torch.tensor([12])
     tail = (0, 0, 1.0, 0)
     for k in (20, 9):
@@ -445,35 +461,18 @@ def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
 def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path):
     """by_batch: 16 padded rows take the bucket's budget (its own device scalar), 32 take the base
     bins setting; each equals the reference for that setting."""
-    import json
-
     import torch
-    import vllm.forward_context as fc
-    from vllm.config import CUDAGraphMode
 
     from lynx_ops.reference import budget_ref, remap_ref
     from tests.helpers import Shape, make_batch
 
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "by_batch": [
-        {"max_batch": 16, "kind": "budget", "budget": 12}]}]}))  # fmt: skip
-    monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", str(path))
-    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
-                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
-    config = _vllm_config(hf)
-    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
-    runner = _runner(FusedTopKRouter("softmax"))
-    runner.parameters = lambda: [torch.zeros(1)]
-    state = layers.attach(runner, config)
+    state = _qwen3_layer_with_policy(
+        monkeypatch, tmp_path, {"by_batch": [{"max_batch": 16, "kind": "budget", "budget": 12}]}
+    )
     assert state.budget is None and len(state.budgets) == 1  # the bucket's scalar only
-    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
     for rows, valid in ((16, 12), (32, 30)):
         x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), rows, seed=rows, spread=1.2)
-        qsl = torch.arange(0, valid + 1, dtype=torch.int32)
-        ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.NONE,
-                              attn_metadata={"attn": SimpleNamespace(max_query_len=1,
-                                                                     query_start_loc=qsl)})  # fmt: skip
-        monkeypatch.setattr(fc, "get_forward_context", lambda ctx=ctx: ctx)
+        _eager_decode_step(monkeypatch, valid)
         got_w, got_ids, remapped = layers.route(state, x, w, ids)
         n = torch.tensor([valid])
         if rows == 16:

@@ -28,8 +28,8 @@ from lynx_ops.kernels.remap import (
     _block_final,
     _block_hist,
     _load_block,
-    _num_valid,
     _tie_bits,
+    _whole_batch,
 )
 from lynx_ops.routing import SIGMOID_BIAS_EPS, TOUCHED_LEN, BatchScore, Scoring, WeightRule
 
@@ -66,12 +66,7 @@ def _keep_kernel(
     GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    n = _num_valid(n_ptr, T)
-    rows = tl.arange(0, BLOCK_T)
-    row_ok = rows < T
-    valid = rows < n
-    cols = tl.arange(0, BLOCK_E)
-    col_ok = cols < E
+    n, rows, row_ok, valid, cols, col_ok = _whole_batch(n_ptr, T, E, BLOCK_T, BLOCK_E)
     x, s, allowed, d, q, vanilla = _load_block(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, row_ok, cols, col_ok, group_size, 1.0, K, 1, SCORING, GROUPED, EPS,
@@ -101,12 +96,7 @@ def _budget_kernel(
     RULE: tl.constexpr, GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    n = _num_valid(n_ptr, T)
-    rows = tl.arange(0, BLOCK_T)
-    row_ok = rows < T
-    valid = rows < n
-    cols = tl.arange(0, BLOCK_E)
-    col_ok = cols < E
+    n, rows, row_ok, valid, cols, col_ok = _whole_batch(n_ptr, T, E, BLOCK_T, BLOCK_E)
     x, s, allowed, d, q, vanilla = _load_block(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,

@@ -213,6 +213,16 @@ def _num_valid(n_ptr, T):
 
 
 @triton.jit
+def _whole_batch(n_ptr, T, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Index vectors of a one-program launch over the whole padded batch: (valid-row count, rows,
+    row_ok, valid, cols, col_ok)."""
+    n = _num_valid(n_ptr, T)
+    rows = tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    return n, rows, rows < T, rows < n, cols, cols < E
+
+
+@triton.jit
 def _sum_partials(ptr, P, cols, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, VOLATILE: tl.constexpr):
     """[BE] int64: sum over the P per-block rows of a [P, BE] partial buffer, in a fixed order."""
     acc = tl.zeros([BLOCK_E], dtype=tl.int64)
@@ -236,12 +246,7 @@ def _fused_kernel(
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Whole batch (T <= BLOCK_T) in one program."""
-    n = _num_valid(n_ptr, T)
-    rows = tl.arange(0, BLOCK_T)
-    row_ok = rows < T
-    valid = rows < n
-    cols = tl.arange(0, BLOCK_E)
-    col_ok = cols < E
+    n, rows, row_ok, valid, cols, col_ok = _whole_batch(n_ptr, T, E, BLOCK_T, BLOCK_E)
     x, s, allowed, d, q, vanilla = _load_block(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
