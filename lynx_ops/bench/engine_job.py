@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lynx_ops.bench.workers import read_result, worker_env
+
 MODES = ("no-plugin", "off", "on")
 
 
@@ -111,12 +113,11 @@ def run_in_subprocess(spec: dict[str, Any], workdir: Path, mode: str,
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = workdir / f"spec-{mode}.json"
     spec_path.write_text(json.dumps(spec))
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("VLLM_LYNX", "VLLM_PLUGINS"))}  # fmt: skip
     root = str(Path(__file__).resolve().parents[2])
-    full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    full_env.update(env or {})
+    full_env = worker_env(
+        {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})},
+        drop=("VLLM_LYNX", "VLLM_PLUGINS"),
+    )
     if mode == "no-plugin":
         full_env["VLLM_PLUGINS"] = "none"
     if mode == "on":
@@ -125,8 +126,7 @@ def run_in_subprocess(spec: dict[str, Any], workdir: Path, mode: str,
         [sys.executable, "-m", "lynx_ops.bench.engine_job", str(spec_path)],
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=workdir,
     )  # fmt: skip
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    return proc, (json.loads(lines[-1][7:]) if lines else None)
+    return proc, read_result(proc.stdout)
 
 
 if __name__ == "__main__":

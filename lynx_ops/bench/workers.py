@@ -16,6 +16,23 @@ import sys
 from pathlib import Path
 
 
+def worker_env(env_extra: dict[str, str], drop: tuple[str, ...] = ("VLLM_LYNX",)) -> dict[str, str]:
+    """This process's environment without the variables in `drop` (the side's own settings
+    decide them), with the engine core in-process, plus `env_extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    # The workers pass functions to collective_rpc (gate re-draw, counters); that needs the engine
+    # core in-process (with a separate core process vLLM refuses to serialise functions).
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    env.update(env_extra)
+    return env
+
+
+def read_result(stdout: str) -> dict | None:
+    """The last `RESULT {json}` line a worker printed, or None."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(lines[-1][7:]) if lines else None
+
+
 def run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
                module: str = "lynx_ops.bench.offline") -> dict:  # fmt: skip
     """Run `module` on `spec` in a fresh process with the Lynx variables of `env_extra` only (the
@@ -23,11 +40,7 @@ def run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
     logs."""
     spec_path = workdir / f"spec-{label}.json"
     spec_path.write_text(json.dumps(spec))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_LYNX")}
-    # The workers pass functions to collective_rpc (gate re-draw, counters); that needs the engine
-    # core in-process (with a separate core process vLLM refuses to serialise functions).
-    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    env.update(env_extra)
+    env = worker_env(env_extra)
     log_path = workdir / f"{label}.log"
     print(f"[{label}] starting ({' '.join(f'{k}={v}' for k, v in env_extra.items()) or 'stock'})",
           flush=True)  # fmt: skip
@@ -44,13 +57,12 @@ def run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
                 if line.startswith("PROGRESS "):
                     print(f"[{label}] {line[9:].rstrip()}", flush=True)
         proc.wait()
-    results = [ln[7:] for ln in log_path.read_text().splitlines() if ln.startswith("RESULT ")]
-    result_line = results[-1] if results else None
-    if proc.returncode != 0 or result_line is None:
+    result = read_result(log_path.read_text())
+    if proc.returncode != 0 or result is None:
         raise SystemExit(
             f"[{label}] failed (exit {proc.returncode}); logs: {log_path}, {workdir / (label + '.stderr')}"
         )
-    return json.loads(result_line)
+    return result
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
