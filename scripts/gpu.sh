@@ -13,7 +13,8 @@
 # Stages (each logs to $RES/<stage>.log, results under $RES/<stage>/):
 #   offline:SHAPE   lynx-bench offline, stock / Lynx / stock + ceilings, calibrated router
 #   online:SHAPE    lynx-bench online (vllm bench serve), stock / Lynx / stock, calibrated router
-#   kernel          perf/bench_kernel.py (the op alone, graph replay)
+#   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
+#                   (default bins; also budget, keep_k0)
 #   cuda-tests      pytest -m cuda (the op's CUDA tier)
 #   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
 #                   two-GPU tests skip on one GPU)
@@ -71,7 +72,8 @@ stage() {
         --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 \
         '--serve-arg=--compilation-config={"cudagraph_capture_sizes":[1,2,4,8,16,24,32,40,48,56,64,80,96,112,128]}' \
         ${LYNX_ONLINE_EXTRA:-} --out "$dir" ;;
-    kernel) python3 perf/bench_kernel.py --out "$dir/kernel_latency.csv" ;;
+    kernel) mkdir -p "$dir" && for pol in ${LYNX_KERNEL_POLICIES:-bins}; do
+        python3 perf/bench_kernel.py --policy "$pol" --out "$dir/kernel_latency_$pol.csv"; done ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;
     vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest tests/vllm_gpu \
         -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
