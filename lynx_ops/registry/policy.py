@@ -47,9 +47,10 @@ class Policy:
     fraction: float = 1.0
     batch_score: BatchScore = BatchScore.COUNT
     k0: int = 0
-    # Settings per decode batch size: ((max_batch, Policy), ...) ascending; a step of T padded
-    # rows uses the first with T <= max_batch, else this policy. T is fixed per captured graph, so
-    # the choice is made once per graph, never per replay. Given as [{"max_batch": 8, ...}, ...].
+    # Settings per decode batch size, given as [{"max_batch": 8, "beta": 4, ...}, ...] ascending
+    # (stored as ((max_batch, ((field, value), ...)), ...)); a step of T padded rows uses the first
+    # with T <= max_batch, else this policy (for_rows). T is fixed per captured graph, so the
+    # choice is made once per graph, never per replay.
     by_batch: tuple = ()
 
     def __post_init__(self) -> None:
