@@ -23,12 +23,15 @@ import torch
 import triton
 import triton.language as tl
 
+from lynx_ops.kernels.configs import fused_config
 from lynx_ops.kernels.remap import (
-    _TIE_BITS,
+    _INT64_MIN,
     _block_final,
     _block_hist,
     _load_block,
-    _tie_bits,
+    _score_key,
+    _sortable,
+    _store_touched,
     _whole_batch,
 )
 from lynx_ops.routing import SIGMOID_BIAS_EPS, TOUCHED_LEN, BatchScore, Scoring, WeightRule
@@ -36,25 +39,6 @@ from lynx_ops.routing import SIGMOID_BIAS_EPS, TOUCHED_LEN, BatchScore, Scoring,
 # One program holds T x E scores; beyond this the reference runs (dense, capture-safe).
 MAX_POLICY_SCORES = 8192
 MAX_POLICY_EXPERTS = 256
-_INT64_MIN = tl.constexpr(-(2**63))
-
-
-@triton.jit
-def _score_key(s, vanilla, cols):
-    """[BT, BE] int64: score as sortable bits, then vanilla membership, then the lower index."""
-    s = tl.where(s == 0.0, 0.0, s)
-    bits = s.to(tl.int32, bitcast=True)
-    sortable = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (sortable.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols)
-
-
-@triton.jit
-def _store_touched(touched_ptr, before, after, top1, n, moved):
-    tl.store(touched_ptr, tl.sum(before, axis=0))
-    tl.store(touched_ptr + 1, tl.sum(after, axis=0))
-    tl.store(touched_ptr + 2, top1)
-    tl.store(touched_ptr + 3, n)
-    tl.store(touched_ptr + 4, moved)
 
 
 @triton.jit
@@ -104,10 +88,7 @@ def _budget_kernel(
     chosen = vanilla & valid[:, None]
     in_union = tl.max(chosen.to(tl.int32), axis=0)  # [BE]
     # every valid row's top-1: its vanilla expert of highest score, the lowest index among ties
-    s0 = tl.where(s == 0.0, 0.0, s)
-    bits = s0.to(tl.int32, bitcast=True)
-    sortable = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)
-    k1 = tl.where(vanilla, (sortable << 10) | (1023 - cols).to(tl.int64)[None, :], _INT64_MIN)
+    k1 = tl.where(vanilla, (_sortable(s) << 10) | (1023 - cols).to(tl.int64)[None, :], _INT64_MIN)
     top1 = k1 == tl.max(k1, axis=1)[:, None]
     forced = tl.max((top1 & chosen).to(tl.int32), axis=0)  # [BE]
     if HIST:  # Lynx's packed histogram: (c[0], ..., c[BETA]) in 12-bit fields, c[0] highest
@@ -147,14 +128,11 @@ def _common(scores, topk_weights, topk_ids):
     out_w = topk_weights.new_empty(topk_weights.shape)
     out_ids = topk_ids.new_empty(topk_ids.shape)
     touched = topk_ids.new_empty((TOUCHED_LEN,), dtype=torch.int32)
-    block_t = triton.next_power_of_2(max(num_rows, 1))
-    block_e = triton.next_power_of_2(num_experts)
-    tile = block_t * block_e
-    warps = 1 if tile <= 128 else 2 if tile <= 512 else 4 if tile <= 2048 else 8
+    cfg = fused_config(num_rows, num_experts)  # the bins kernel's one-program launch shape
     args = (scores, scores.stride(0), scores.stride(1), topk_weights, topk_weights.stride(0),
             topk_weights.stride(1), topk_ids, topk_ids.stride(0), topk_ids.stride(1))  # fmt: skip
-    meta = dict(BLOCK_T=block_t, BLOCK_E=block_e,
-                BLOCK_K=triton.next_power_of_2(topk_ids.shape[1]), num_warps=warps)  # fmt: skip
+    meta = dict(BLOCK_T=cfg.block_t, BLOCK_E=triton.next_power_of_2(num_experts),
+                BLOCK_K=triton.next_power_of_2(topk_ids.shape[1]), num_warps=cfg.num_warps)  # fmt: skip
     return out_w, out_ids, touched, args, meta
 
 

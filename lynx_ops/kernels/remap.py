@@ -111,6 +111,20 @@ def _tie_bits(vanilla, cols):
 
 
 @triton.jit
+def _sortable(s):
+    """int64 with the order of the float32 scores s (-0.0 and 0.0 equal, as floats are)."""
+    s = tl.where(s == 0.0, 0.0, s)
+    bits = s.to(tl.int32, bitcast=True)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)
+
+
+@triton.jit
+def _score_key(s, vanilla, cols):
+    """[BT, BE] int64: the score, then vanilla membership, then the lower index (final choice)."""
+    return (_sortable(s) << _TIE_BITS) | _tie_bits(vanilla, cols)
+
+
+@triton.jit
 def _block_kept(d, q, allowed, vanilla, hist, valid, cols, K: tl.constexpr, BETA: tl.constexpr):
     """[BE] int32: 1 for experts among the k candidates of some valid row of this block."""
     key1 = tl.where(allowed, ((BETA + q).to(tl.int64) << 60) | hist[None, :], -1)
@@ -135,14 +149,11 @@ def _block_final(
     K: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Final choice, inside the kept set first, weights and outputs for every row of the block
-    (padding rows get their vanilla values). Returns [BE] int32 masks of the experts the block's valid rows
-    use before and after."""
+    (padding rows get their vanilla values). Returns [BE] int32 masks of the experts the block's
+    valid rows use before and after."""
     kcols = tl.arange(0, BLOCK_K)
     k_ok = kcols < K
-    s = tl.where(s == 0.0, 0.0, s)  # -0.0 == 0.0 as floats; make the bits agree
-    bits = s.to(tl.int32, bitcast=True)
-    sortable = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed-integer order
-    key = (sortable.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols)
+    key = _score_key(s, vanilla, cols)
     # Kept experts first (bit 60 above the 43-bit signed score key), then the row's own next best
     # where the kept set holds fewer than k of its allowed experts (budget and keep_k0 policies;
     # the bins policy's kept set always holds k for every row), never a disallowed one.
@@ -213,6 +224,16 @@ def _num_valid(n_ptr, T):
 
 
 @triton.jit
+def _store_touched(touched_ptr, before, after, top1, n, moved):
+    """The op's third output from one program's [BE] before/after masks and its counts."""
+    tl.store(touched_ptr, tl.sum(before, axis=0))
+    tl.store(touched_ptr + 1, tl.sum(after, axis=0))
+    tl.store(touched_ptr + 2, top1)
+    tl.store(touched_ptr + 3, n)
+    tl.store(touched_ptr + 4, moved)
+
+
+@triton.jit
 def _whole_batch(n_ptr, T, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
     """Index vectors of a one-program launch over the whole padded batch: (valid-row count, rows,
     row_ok, valid, cols, col_ok)."""
@@ -258,11 +279,7 @@ def _fused_kernel(
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
         E, scale, K, SCORING, RULE, BLOCK_K,
     )  # fmt: skip
-    tl.store(touched_ptr, tl.sum(before, axis=0))
-    tl.store(touched_ptr + 1, tl.sum(after, axis=0))
-    tl.store(touched_ptr + 2, top1)
-    tl.store(touched_ptr + 3, n)
-    tl.store(touched_ptr + 4, moved)
+    _store_touched(touched_ptr, before, after, top1, n, moved)
 
 
 @triton.jit
