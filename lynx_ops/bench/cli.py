@@ -175,7 +175,7 @@ def offline(args: argparse.Namespace) -> int:
         spec["lora"] = _lora_spec(model, args.lora_adapters, args.lora_rank)
         spec["engine"].update(enable_lora=True, max_loras=args.lora_adapters,
                               max_lora_rank=args.lora_rank)  # fmt: skip
-    router = args.router_label
+    router, policy = args.router_label, _policy_label(args)
     workload = json.loads(json.dumps(_comparable(spec, args)))  # as it reads back from JSON
     reused = _load_reuse(args.reuse, workload) if args.reuse else {}
 
@@ -207,7 +207,7 @@ def offline(args: argparse.Namespace) -> int:
         b = stock["batch"]
         row = {"model": args.shape or args.model, "layers": args.layers, "batch": b,
                "input_len": args.input_len, "output_len": args.output_len, "router": router,
-               "policy": _policy_label(args)}  # fmt: skip
+               "policy": policy}  # fmt: skip
         for side, r in (("stock", stock), ("lynx", lynx), ("stock_again", again)):
             for key, value in (r or {}).items():
                 if key not in ("batch", "input_len", "output_len", "repeats"):

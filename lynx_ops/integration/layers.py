@@ -80,7 +80,8 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
             f"but layer {name} routes with {facts.kind} (scoring "
             f"{facts.scoring.name.lower()}); fix the policy's 'scoring'"
         )
-    policy.check_model(num_experts, top_k)
+    for variant in policy.variants():  # the per-batch-size settings too
+        variant.check_model(num_experts, top_k)
     spread = _token_spread(moe)
     if spread:
         log_once("token-spread", logging.WARNING,
@@ -111,7 +112,6 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
     if device is not None:  # allocate now: never inside a graph capture
         state.stats = ExpertStats(1, device)
     for variant in policy.variants():
-        variant.check_model(num_experts, top_k)
         if variant.kind == "budget":
             state.budgets[id(variant)] = torch.full(
                 (1,), variant.budget_value(num_experts), dtype=torch.int32, device=device or "cpu"
