@@ -27,7 +27,7 @@ from typing import Any
 
 from lynx_ops.bench.provenance import provenance, write_csv
 from lynx_ops.bench.workers import run_worker
-from lynx_ops.registry import POLICY_FIELDS, Policy, PolicyError, router_shape
+from lynx_ops.registry import PolicyError, check_overrides, router_shape
 
 
 def parse_setting(text: str) -> dict[str, Any]:
@@ -44,14 +44,7 @@ def parse_setting(text: str) -> dict[str, Any]:
             fields[key] = int(number) if number.is_integer() and "." not in value else number
         except ValueError:
             fields[key] = value
-    unknown = sorted(set(fields) - set(POLICY_FIELDS) - {"layers"})
-    if unknown:
-        raise PolicyError(f"frontier setting {text!r}: unknown field(s) {unknown}; allowed: "
-                          f"{[k for k in POLICY_FIELDS if k != 'layers']}")  # fmt: skip
-    try:
-        Policy("frontier", **{"alpha": 3.0, "beta": 2, **fields})
-    except PolicyError as e:
-        raise PolicyError(f"frontier setting {text!r}: {e}") from None
+    check_overrides(fields, f"frontier setting {text!r}")
     return fields
 
 

@@ -22,7 +22,7 @@ from lynx_ops.registry.families import BUILTIN
 from lynx_ops.registry.families._base import Family, cfg
 from lynx_ops.registry.policy import Policy, PolicyError
 
-__all__ = ["POLICY_FIELDS", "Policy", "PolicyError", "Selection", "fallback_policy", "load_policy_file",
+__all__ = ["POLICY_FIELDS", "Policy", "PolicyError", "check_overrides", "Selection", "fallback_policy", "load_policy_file",
            "register_policy", "router_shape", "select_policy", "supported_families"]  # fmt: skip
 
 _LOCK = threading.Lock()
@@ -101,7 +101,6 @@ _FILE_MATCH_KEYS = ("model_type", "architecture")
 # The Policy fields a policy file entry (or a frontier setting) may set.
 POLICY_FIELDS = ("alpha", "beta", "scoring", "weight_rule", "scale", "num_expert_group", "layers",
                  "kind", "budget", "fraction", "batch_score", "k0", "by_batch")  # fmt: skip
-_FILE_POLICY_KEYS = POLICY_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +112,24 @@ class _FileEntry:
 
 
 MAX_POLICY_FILE_BYTES = 1 << 20  # a policy file is a few hundred bytes
+
+
+def check_overrides(raw: dict, where: str, also_allowed: tuple[str, ...] = ()) -> dict:
+    """The Policy fields of `raw` (a policy-file entry, a frontier setting), checked against a
+    neutral base; PolicyError names `where`, the field, the value and what is allowed. Keys other
+    than the Policy fields and `also_allowed` are refused."""
+    unknown = set(raw) - set(also_allowed) - set(POLICY_FIELDS)
+    if unknown:
+        raise PolicyError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: "
+                          f"{list(also_allowed + POLICY_FIELDS)}")  # fmt: skip
+    overrides = {k: raw[k] for k in POLICY_FIELDS if k in raw}
+    try:
+        Policy(where, **{"alpha": 1.0, "beta": 1, **overrides})
+    except PolicyError as e:
+        raise PolicyError(str(e).replace(f"policy '{where}'", where)) from None
+    except TypeError as e:
+        raise PolicyError(f"{where}: {e}") from None
+    return overrides
 
 
 def load_policy_file(path: str | Path) -> list[_FileEntry]:
@@ -147,22 +164,10 @@ def load_policy_file(path: str | Path) -> list[_FileEntry]:
         where = f"policy file {path}, policies[{i}]"
         if not isinstance(raw, dict):
             raise PolicyError(f"{where}: each entry must be an object, got {raw!r}")
-        unknown = set(raw) - set(_FILE_MATCH_KEYS) - set(_FILE_POLICY_KEYS)
-        if unknown:
-            raise PolicyError(
-                f"{where}: unknown field(s) {sorted(unknown)}; allowed: "
-                f"{list(_FILE_MATCH_KEYS + _FILE_POLICY_KEYS)}"
-            )
+        overrides = check_overrides(raw, where, also_allowed=_FILE_MATCH_KEYS)
         matches = [k for k in _FILE_MATCH_KEYS if k in raw]
         if len(matches) != 1 or not isinstance(raw[matches[0]], str) or not raw[matches[0]]:
             raise PolicyError(f"{where}: needs exactly one of {list(_FILE_MATCH_KEYS)} (a name)")
-        overrides = {k: raw[k] for k in _FILE_POLICY_KEYS if k in raw}
-        try:  # validate the values now, at load time, against a neutral base
-            Policy(where, **{"alpha": 1.0, "beta": 1, **overrides})
-        except PolicyError as e:
-            raise PolicyError(str(e).replace(f"policy '{where}'", where)) from None
-        except TypeError as e:
-            raise PolicyError(f"{where}: {e}") from None
         entries.append(_FileEntry(raw.get("model_type"), raw.get("architecture"), overrides,
                                   where))  # fmt: skip
     return entries
