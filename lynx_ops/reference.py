@@ -134,12 +134,12 @@ def _prepare(scores, topk_ids, num_valid, correction_bias, scoring, num_expert_g
     return x, valid, vanilla, s, allowed
 
 
-def _bins(s, allowed, valid, alpha: float, beta: int) -> torch.Tensor:
-    """[T, E] int64 bin q of every expert for every row (steps 1-2); disallowed experts go below
-    every bin."""
-    d = s - s.max(dim=1, keepdim=True).values  # [T, E], <= 0
+def _bins(s, allowed, alpha: float, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-2: [T, E] gap d to the row's best expert (<= 0) and int64 bin q of every expert
+    for every row; disallowed experts go below every bin."""
+    d = s - s.max(dim=1, keepdim=True).values
     q = torch.ceil(alpha * d).clamp(min=-beta).to(torch.int64)
-    return q.masked_fill(~allowed, -(beta + 1))
+    return d, q.masked_fill(~allowed, -(beta + 1))
 
 
 def _histogram(q, valid, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,14 +220,13 @@ def remap_ref(
         scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group
     )
     # Steps 1-3: bins and their exact integer histogram.
-    q = _bins(s, allowed, valid, alpha, beta)
+    d, q = _bins(s, allowed, alpha, beta)
     hist, member = _histogram(q, valid, beta)
     leave_one_out = hist[None] - member.long()  # [T, E, B]: without the voting row itself
 
     # Step 4: each row's candidates by (q, c'[0], ..., c'[beta], d), lexicographically; equal
     # scores prefer the row's vanilla experts (the router may break score ties differently from
     # index order: bf16 logits tie often), so a lone row keeps exactly its vanilla set.
-    d = s - s.max(dim=1, keepdim=True).values
     keys = [q] + [leave_one_out[:, :, j] for j in range(beta + 1)] + [d, vanilla]
     candidates = _lexicographic_topk(keys, k)  # [T, k]
 
@@ -276,7 +275,7 @@ def budget_ref(
     if batch_score == BatchScore.COUNT:
         score_keys = [chosen.sum(dim=0)]
     else:
-        hist, _ = _histogram(_bins(s, allowed, valid, alpha, beta), valid, beta)  # [E, B]
+        hist, _ = _histogram(_bins(s, allowed, alpha, beta)[1], valid, beta)  # [E, B]
         score_keys = [hist[:, j] for j in range(beta + 1)]
     keys = [forced.to(torch.int64), in_union.to(torch.int64)] + score_keys
     order = _lexicographic_topk([key[None, :] for key in keys], num_experts)[0]  # [E]

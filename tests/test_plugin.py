@@ -133,6 +133,29 @@ def test_layer_index(name, index):
     assert layers.layer_index(name) == index
 
 
+def _qwen3_layer(monkeypatch, tmp_path=None, entry: dict | None = None):
+    """A Qwen3-MoE layer (E=128, k=8) attached with the family's policy, or under a policy file
+    holding `entry`; decode gating as under FULL_AND_PIECEWISE graphs."""
+    import json
+
+    import torch
+    from vllm.config import CUDAGraphMode
+
+    if entry is None:
+        monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
+    else:
+        path = tmp_path / "policy.json"
+        path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **entry}]}))
+        monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", str(path))
+    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
+                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
+    config = _vllm_config(hf)
+    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
+    runner = _runner(FusedTopKRouter("softmax"))
+    runner.parameters = lambda: [torch.zeros(1)]
+    return layers.attach(runner, config)
+
+
 def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     """The function both hooks call, with a real policy and op, under a hand-built context."""
     import torch
@@ -142,14 +165,7 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     from lynx_ops.reference import remap_ref
     from tests.helpers import Shape, make_batch
 
-    monkeypatch.delenv("VLLM_LYNX_CONFIG_FILE", raising=False)
-    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
-                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
-    config = _vllm_config(hf)
-    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
-    runner = _runner(FusedTopKRouter("softmax"))
-    runner.parameters = lambda: [torch.zeros(1)]
-    state = layers.attach(runner, config)
+    state = _qwen3_layer(monkeypatch)
     x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 16, seed=3)
     qsl = torch.tensor([0, 3, 6, 9, 12, 12], dtype=torch.int32)  # 12 real tokens of 16
 
@@ -391,26 +407,6 @@ def test_documented_off_values_leave_vllm_stock(monkeypatch, value):
     assert envs.VLLM_LYNX_ENABLED is False
 
 
-def _qwen3_layer_with_policy(monkeypatch, tmp_path, entry: dict):
-    """A Qwen3-MoE layer (E=128, k=8) attached under a policy file holding `entry`, decode gating
-    as under FULL_AND_PIECEWISE graphs."""
-    import json
-
-    import torch
-    from vllm.config import CUDAGraphMode
-
-    path = tmp_path / "policy.json"
-    path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **entry}]}))
-    monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", str(path))
-    hf = SimpleNamespace(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
-                         num_experts=128, num_experts_per_tok=8)  # fmt: skip
-    config = _vllm_config(hf)
-    config.compilation_config = SimpleNamespace(cudagraph_mode=CUDAGraphMode.FULL_AND_PIECEWISE)
-    runner = _runner(FusedTopKRouter("softmax"))
-    runner.parameters = lambda: [torch.zeros(1)]
-    return layers.attach(runner, config)
-
-
 def _eager_decode_step(monkeypatch, valid: int) -> None:
     """The forward context of an eager uniform-decode step of `valid` real tokens."""
     import torch
@@ -440,7 +436,7 @@ def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
     from lynx_ops.reference import budget_ref, keep_ref
     from tests.helpers import Shape, make_batch
 
-    state = _qwen3_layer_with_policy(monkeypatch, tmp_path, fields)
+    state = _qwen3_layer(monkeypatch, tmp_path, fields)
     assert state.policy.kind == fields["kind"]
     x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 16, seed=3, spread=1.2)
     _eager_decode_step(monkeypatch, 12)  # 12 decode tokens of 16 rows
@@ -466,7 +462,7 @@ def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path)
     from lynx_ops.reference import budget_ref, remap_ref
     from tests.helpers import Shape, make_batch
 
-    state = _qwen3_layer_with_policy(
+    state = _qwen3_layer(
         monkeypatch, tmp_path, {"by_batch": [{"max_batch": 16, "kind": "budget", "budget": 12}]}
     )
     assert state.budget is None and len(state.budgets) == 1  # the bucket's scalar only
