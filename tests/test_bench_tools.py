@@ -327,7 +327,7 @@ def test_frontier_settings_parse_and_bad_ones_name_the_field():
                        ("bins:gamma=1", "gamma")]:  # fmt: skip
         with pytest.raises(PolicyError, match=match):
             parse_setting(bad)
-    grid = default_grid(32, 4)
+    grid = default_grid(4)
     assert "bins:alpha=3,beta=2" in grid and "keep_k0:k0=1" in grid
     assert all(parse_setting(s) for s in grid)
 

@@ -48,7 +48,7 @@ def parse_setting(text: str) -> dict[str, Any]:
     return fields
 
 
-def default_grid(num_experts: int, top_k: int) -> list[str]:
+def default_grid(top_k: int) -> list[str]:
     """Lynx's bins around the default, budgets as shares of the step's union, keep-k0 from k/2
     down to 1: the three families over the range where they differ."""
     grid = ["bins:alpha=3,beta=4", "bins:alpha=3,beta=2", "bins:alpha=1,beta=2",
@@ -57,7 +57,6 @@ def default_grid(num_experts: int, top_k: int) -> list[str]:
     grid += ["budget:fraction=0.6,batch_score=hist"]
     grid += [f"keep_k0:k0={k0}" for k0 in sorted({max(1, top_k // 2), max(1, top_k // 4), 1},
                                                  reverse=True)]  # fmt: skip
-    del num_experts  # the shares scale with it already
     return grid
 
 
@@ -105,7 +104,7 @@ def run(model: str, settings: list[str], batches: list[int], window_sets: int, p
     if not num_experts or not top_k:
         raise SystemExit(f"frontier: {model} is not an MoE checkpoint (no experts/top-k in its "
                          "config.json)")  # fmt: skip
-    grid = settings or default_grid(num_experts, top_k)
+    grid = settings or default_grid(top_k)  # budgets as shares scale with E
     parsed = {s: parse_setting(s) for s in grid}  # every setting checked before any engine runs
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-frontier-", dir=out_dir))
