@@ -19,7 +19,7 @@
 #   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
 #                   two-GPU tests skip on one GPU)
 #   main-job        python -m lynx_ops.demo (the README's main job, on the GPU)
-# Knobs: LYNX_LAYERS_<shape> (depth), LYNX_ROUTER (preset, default calibrated), LYNX_OFFLINE_EXTRA
+# Knobs: LYNX_GPU_TESTS (the vllm-gpu-tests paths, default tests/vllm_gpu), LYNX_LAYERS_<shape> (depth), LYNX_ROUTER (preset, default calibrated), LYNX_OFFLINE_EXTRA
 # (more `lynx-bench offline` arguments, split on spaces with no quoting, so JSON values without
 # spaces; e.g. FP8 experts: --engine-arg quantization=online
 #   --engine-arg quantization_config={"moe":"fp8_per_channel"}; n-gram speculation:
@@ -75,7 +75,7 @@ stage() {
     kernel) mkdir -p "$dir" && for pol in ${LYNX_KERNEL_POLICIES:-bins}; do
         python3 perf/bench_kernel.py --policy "$pol" --out "$dir/kernel_latency_$pol.csv"; done ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;
-    vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest tests/vllm_gpu \
+    vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest ${LYNX_GPU_TESTS:-tests/vllm_gpu} \
         -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
     main-job) mkdir -p "$dir" && python3 -m lynx_ops.demo ;;
     *) echo "unknown stage $name" ;;

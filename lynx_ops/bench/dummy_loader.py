@@ -23,6 +23,7 @@ import logging
 import math
 from typing import Any
 
+import torch
 from vllm.model_executor.model_loader import register_model_loader
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 from vllm.model_executor.model_loader.dummy_loader import DummyModelLoader
@@ -72,14 +73,29 @@ class LynxDummyLoader(DummyModelLoader):
 
     def load_weights(self, model, model_config) -> None:
         super().load_weights(model, model_config)
+        zeroed = _zero_integer_params(model)
         r = self.router
         drawn = router_realism.draw_routers(model, r["spread"], r["skew"], r["seed"])
         LAST_DRAW.clear()
         LAST_DRAW.update(drawn, router=r["router"])
-        logger.info("[lynx-bench] %s: %d MoE gates drawn (%s), %d norms set, %d biases zeroed",
-                    LOAD_FORMAT, drawn["gates"],
+        logger.info("[lynx-bench] %s: %d MoE gates drawn (%s), %d norms set, %d biases zeroed, "
+                    "%d integer tensors zeroed", LOAD_FORMAT, drawn["gates"],
                     router_realism.describe(r["spread"], r["skew"], r["router"]),
-                    drawn["norms_set"], drawn["biases_zeroed"])  # fmt: skip
+                    drawn["norms_set"], drawn["biases_zeroed"], zeroed)  # fmt: skip
+
+
+def _zero_integer_params(model) -> int:
+    """Zero the integer tensors vLLM's dummy init leaves as torch.empty on CUDA (packed 4-bit
+    weights, e8m0 scales; vLLM zeroes them on ROCm only). Garbage there can hold NaN scales
+    (e8m0 0xFF), whose NaN hidden states then reach the router, where a row with a non-finite
+    logit is never remapped: a packed checkpoint format would then measure nothing. Zeroed MXFP4
+    blocks decode to 0.0, so such experts add nothing; the routing under test is unaffected."""
+    zeroed = 0
+    for param in model.parameters():  # not buffers: integer buffers are maps vLLM fills itself
+        if param.device.type != "meta" and not torch.is_floating_point(param) and param.numel():
+            param.zero_()
+            zeroed += 1
+    return zeroed
 
 
 def last_draw(worker: Any = None) -> dict[str, Any]:

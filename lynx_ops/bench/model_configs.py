@@ -195,7 +195,10 @@ _TINY = {
 }  # fmt: skip
 
 
-def config(name: str, num_layers: int | None = None, tiny: bool = False) -> dict[str, Any]:
+def config(name: str, num_layers: int | None = None, tiny: bool = False,
+           quantization: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The shape's config.json; `quantization` becomes its quantization_config (e.g.
+    {"quant_method": "mxfp4"}: vLLM then builds that checkpoint format's layers)."""
     if name not in SHAPES:
         raise ValueError(f"unknown model shape {name!r}; known: {sorted(SHAPES)}")
     cfg = dict(SHAPES[name])
@@ -208,14 +211,17 @@ def config(name: str, num_layers: int | None = None, tiny: bool = False) -> dict
         if "layer_types" in cfg:  # per-layer lists must match the depth
             pattern = cfg["layer_types"]
             cfg["layer_types"] = [pattern[i % len(pattern)] for i in range(num_layers)]
+    if quantization is not None:
+        cfg["quantization_config"] = dict(quantization)
     return cfg
 
 
 def write_model_dir(name: str, path: str | Path, num_layers: int | None = None,
-                    tiny: bool = False) -> Path:  # fmt: skip
+                    tiny: bool = False, quantization: dict[str, Any] | None = None) -> Path:  # fmt: skip
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(config(name, num_layers, tiny), indent=1))
+    cfg = config(name, num_layers, tiny, quantization)
+    (path / "config.json").write_text(json.dumps(cfg, indent=1))
     return path
 
 
