@@ -49,8 +49,9 @@ def _run(tmp_path: Path, name: str, extra: dict):
     decode = result["phases"][1]
     remaps = sum(v["calls"] for v in decode["lynx"]["layers"].values())
     warned = [ln for ln in log.splitlines() if WARNING in ln]
-    backend = [ln.split("INFO")[-1].strip() for ln in log.splitlines()
-               if "MXFP4" in ln.upper() and "backend" in ln.lower()][:3]  # fmt: skip
+    # vLLM's own line, "Using '<backend>' Mxfp4 MoE backend." (oracle/mxfp4.py)
+    backend = sorted({ln.split("Using", 1)[1].strip() for ln in log.splitlines()
+                      if "Using '" in ln and "Mxfp4 MoE backend" in ln})  # fmt: skip
     for tokens in decode["tokens"]:
         assert len(tokens) == DECODE and all(0 <= t < 201088 for t in tokens)
     row = {"run": name, "engine_extra": extra, "remaps": remaps, "warning": warned[:1],
