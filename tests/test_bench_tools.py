@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lynx_ops.bench import model_configs, plot, router_realism
-from lynx_ops.bench.cli import _ceiling_at
+from lynx_ops.bench.commands.offline import _ceiling_at
 from lynx_ops.bench.nvml import NvmlSampler
 
 
@@ -137,7 +137,7 @@ def test_redraw_refuses_a_model_without_a_gate_it_can_redraw():
 
 def test_table_marks_rows_without_a_remap_and_without_nvml(capsys):
     """A batch of one row skips the op: no expert counts; a CPU host has no NVML: no bandwidth."""
-    from lynx_ops.bench.cli import _print_table
+    from lynx_ops.bench.commands.offline import _print_table
 
     row = {"batch": 1, "stock_tpot_ms_reference": 54.4, "stock_noise_pct": 11.0,
            "lynx_tpot_ms_median": 54.0, "speedup_tpot": 54.4 / 54.0}  # fmt: skip
@@ -375,16 +375,16 @@ def test_policy_file_for_the_lynx_side_is_checked_before_any_engine(tmp_path):
     import argparse
     import json
 
-    from lynx_ops.bench.cli import _lynx_env, _policy_label
+    from lynx_ops.bench.commands.common import lynx_env, policy_label
 
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "kind": "keep_k0",
                                               "k0": 4}]}))  # fmt: skip
-    env = _lynx_env(argparse.Namespace(policy_file=str(good)))
+    env = lynx_env(argparse.Namespace(policy_file=str(good)))
     assert env == {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CONFIG_FILE": str(good.resolve())}
-    assert "keep_k0" in _policy_label(argparse.Namespace(policy_file=str(good)))
-    assert _lynx_env(argparse.Namespace(policy_file=None)) == {"VLLM_LYNX_ENABLED": "1"}
+    assert "keep_k0" in policy_label(argparse.Namespace(policy_file=str(good)))
+    assert lynx_env(argparse.Namespace(policy_file=None)) == {"VLLM_LYNX_ENABLED": "1"}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "kind": "budget"}]}))
     with pytest.raises(SystemExit, match="--policy-file: .*budget=0 invalid"):
-        _lynx_env(argparse.Namespace(policy_file=str(bad)))
+        lynx_env(argparse.Namespace(policy_file=str(bad)))

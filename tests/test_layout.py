@@ -45,3 +45,23 @@ def test_benchmark_uses_no_private_plugin_state():
 
 def test_version_is_single_sourced():
     assert importlib.metadata.version("lynx-ops") == lynx_ops.__version__
+
+
+def test_every_lynx_bench_subcommand_is_its_own_module():
+    """cli.py only registers: each subcommand's module has HELP, add_cli_args and main, and its
+    parser builds (--help exits 0)."""
+    import importlib
+
+    import pytest
+
+    from lynx_ops.bench import cli
+
+    for name in cli.COMMANDS:
+        module = importlib.import_module(f"lynx_ops.bench.commands.{name}")
+        assert isinstance(module.HELP, str) and module.HELP, name
+        assert callable(module.add_cli_args) and callable(module.main), name
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0, name
+    source = (PACKAGE / "bench" / "cli.py").read_text()
+    assert "add_argument(" not in source, "a subcommand's arguments belong in its own module"

@@ -1,0 +1,58 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`lynx-bench soak`: `vllm serve` under mixed traffic, flag off then on (bench/soak.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lynx_ops.bench.commands.common import add_router_args, add_source_args, serve_setup
+from lynx_ops.bench.provenance import provenance
+
+HELP = "vllm serve under mixed traffic, flag off then on"
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_source_args(parser, "CPU runs")
+    add_router_args(parser)
+    parser.add_argument("--minutes", type=float, default=10.0, help="traffic per mode")
+    parser.add_argument("--concurrency", type=int, default=8, help="clients, one request each")
+    parser.add_argument("--max-input", type=int, default=256)
+    parser.add_argument("--max-output", type=int, default=64)
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
+    parser.add_argument("--out", default="perf/results/lynx-soak")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Flag off, then on, each under the same mixed traffic; fails (exit 1) on any error, invalid
+    response, dead server, or resident memory growing by more than 5% after warm-up."""
+    from lynx_ops.bench import soak
+
+    out_dir, work, model, vocab, serve_args = serve_setup(
+        args, "lynx-soak-", args.max_input + args.max_output
+    )
+    spec = {"minutes": args.minutes, "concurrency": args.concurrency, "vocab": vocab,
+            "max_input": args.max_input, "max_output": args.max_output, "sample_s": 10.0}  # fmt: skip
+    runs = {"off": soak.run_mode("off", model, serve_args, {}, spec, work),
+            "on": soak.run_mode("on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work)}  # fmt: skip
+    prov = provenance()
+    (out_dir / "soak.json").write_text(json.dumps({"spec": spec, "runs": runs, "model": args.shape
+                                                   or args.model, "router": args.router_label,
+                                                   **prov}, indent=1))  # fmt: skip
+    print(f"\nrouter: {args.router_label}")
+    print(f"{'mode':>4} {'requests':>8} {'valid':>6} {'errors':>6} {'tokens':>7} "
+          f"{'RSS after warm-up':>17} {'RSS end':>8} {'growth':>7}")  # fmt: skip
+    failed = []
+    for mode, r in runs.items():
+        grow = r["rss_growth_after_warmup_mib"]
+        print(f"{mode:>4} {r['requests']:>8} {r['valid']:>6} {r['errors']:>6} {r['tokens']:>7} "
+              f"{r['rss_mib_after_warmup']:>13.0f} MiB {r['rss_mib_end']:>4.0f} MiB {grow:>+6.0f}")  # fmt: skip
+        if r["errors"] or r["valid"] != r["requests"] or not r["server_alive"]:
+            failed.append(f"{mode}: {r['errors']} errors, {r['valid']}/{r['requests']} valid, "
+                          f"server alive: {r['server_alive']}; first: {r['first_errors']}")  # fmt: skip
+        if grow > 0.05 * r["rss_mib_after_warmup"]:
+            failed.append(f"{mode}: resident memory grew {grow:.0f} MiB after warm-up")
+    print(f"results: {out_dir / 'soak.json'}  logs: {work}")
+    for line in failed:
+        print(f"SOAK FAILED: {line}")
+    return 1 if failed else 0
