@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from lynx_ops.kernels import cpu as cpu_impl
 from lynx_ops.reference import budget_ref, keep_ref, remap_ref
 from lynx_ops.routing import (
     MAX_BETA,
@@ -192,6 +193,15 @@ def _remap_reference(*args):
     return out_w.contiguous(), out_ids.contiguous(), touched
 
 
+def _remap_cpu(*args):
+    """The vectorised CPU implementation (kernels/cpu.py, equal to the reference) where it fits,
+    else the reference."""
+    check_remap_inputs(*args)
+    if not cpu_impl.fits(*args[0].shape, beta=args[6]):
+        return _run_ref(remap_ref, args)
+    return cpu_impl.remap_cpu(*args)
+
+
 def _remap_cuda(*args):
     check_remap_inputs(*args)
     num_rows, num_experts = args[0].shape
@@ -204,12 +214,12 @@ def _remap_cuda(*args):
     return remap_triton(*args)
 
 
-_lib.impl("remap", _remap_reference, "CPU")
+_lib.impl("remap", _remap_cpu, "CPU")
 _lib.impl("remap", _remap_cuda, "CUDA")
 torch.library.register_fake("lynx::remap", _remap_fake, lib=_lib)
 
 
-def _policy_impls(check, reference, launcher_name):
+def _policy_impls(check, reference, cpu_fast, launcher_name):
     """Fake, CPU and CUDA implementations of a policy. On CUDA the one-program Triton kernel
     (kernels/policies.py) takes padded batches up to its size; larger ones run the reference,
     which is dense and free of host synchronisation, so it is captured in CUDA graphs as it is."""
@@ -220,6 +230,8 @@ def _policy_impls(check, reference, launcher_name):
 
     def cpu(*args):
         check(*args)
+        if cpu_impl.fits(*args[0].shape, beta=_beta_of(args)):
+            return cpu_fast(*args)
         return _run_ref(reference, args)
 
     def cuda(*args):
@@ -238,11 +250,16 @@ def _run_ref(reference, args):
     return out_w.contiguous(), out_ids.contiguous(), touched
 
 
-for _name, _check, _ref, _launcher in (
-    ("remap_budget", check_budget_inputs, budget_ref, "budget_triton"),
-    ("remap_keep", check_keep_inputs, keep_ref, "keep_triton"),
+def _beta_of(args) -> int:
+    """The beta a policy call bins with (remap_budget's tenth argument; keep_k0 bins nothing)."""
+    return int(args[9]) if len(args) == 14 else 0
+
+
+for _name, _check, _ref, _fast, _launcher in (
+    ("remap_budget", check_budget_inputs, budget_ref, cpu_impl.budget_cpu, "budget_triton"),
+    ("remap_keep", check_keep_inputs, keep_ref, cpu_impl.keep_cpu, "keep_triton"),
 ):
-    _fake, _cpu, _cuda = _policy_impls(_check, _ref, _launcher)
+    _fake, _cpu, _cuda = _policy_impls(_check, _ref, _fast, _launcher)
     _lib.impl(_name, _cpu, "CPU")
     _lib.impl(_name, _cuda, "CUDA")
     torch.library.register_fake(f"lynx::{_name}", _fake, lib=_lib)
