@@ -13,6 +13,8 @@
 # Stages (each logs to $RES/<stage>.log, results under $RES/<stage>/):
 #   offline:SHAPE   lynx-bench offline, stock / Lynx / stock + ceilings, calibrated router
 #   online:SHAPE    lynx-bench online (vllm bench serve), stock / Lynx / stock, calibrated router
+#   soak:SHAPE      lynx-bench soak: flag off, then on, LYNX_SOAK_MINUTES (default 10) each of
+#                   mixed traffic, vllm bench serve, cut streams and malformed requests
 #   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
 #                   (default bins; also budget, keep_k0)
 #   cuda-tests      pytest -m cuda (the op's CUDA tier)
@@ -72,6 +74,11 @@ stage() {
         --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 \
         '--serve-arg=--compilation-config={"cudagraph_capture_sizes":[1,2,4,8,16,24,32,40,48,56,64,80,96,112,128]}' \
         ${LYNX_ONLINE_EXTRA:-} --out "$dir" ;;
+    soak)
+      python3 -m lynx_ops.bench.cli soak --shape "$shape" ${layers:+--layers $layers} \
+        --router "${LYNX_ROUTER:-calibrated}" --minutes "${LYNX_SOAK_MINUTES:-10}" \
+        --concurrency 16 --max-input 1024 --max-output 256 \
+        --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 --out "$dir" ;;
     kernel) mkdir -p "$dir" && for pol in ${LYNX_KERNEL_POLICIES:-bins}; do
         python3 perf/bench_kernel.py --policy "$pol" --out "$dir/kernel_latency_$pol.csv"; done ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;

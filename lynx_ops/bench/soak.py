@@ -4,9 +4,19 @@
 A bounded client loop on loopback: `concurrency` workers, each sending one request at a time with a
 random prompt length (1 to `max_input` tokens) and output length (1 to `max_output`, ignore_eos), so
 batches mix prefill, decode and chunked steps of every size. Each response must be HTTP 200 and
-stream exactly the asked number of tokens. The server's memory (resident set of its whole process
-tree) is sampled every `sample_s` seconds; growth is measured from the end of the first quarter of
-the run (after warm-up and caches) to the end.
+stream exactly the asked number of tokens. With `bench_serve`, vLLM's own client (`vllm bench
+serve`, random dataset, lengths mixed by a range ratio of 0.5) cycles through closed-loop
+concurrencies and Poisson request rates meanwhile; each of its runs must finish with no failed
+request. Beside them, `abuse` workers (default 1) alternate
+streams they cut after two chunks with malformed requests (bad JSON, a negative max_tokens, token
+ids outside the vocabulary, a prompt longer than the model takes): each malformed one must be
+refused with a 4xx, and no request of any kind may get a 5xx or a dropped connection.
+
+The server's memory (resident set of its whole process tree, and the GPU's used memory where
+NVML sees one) is sampled every `sample_s` seconds; growth is measured from the end of the first
+quarter of the run (after warm-up and caches) to the end. vLLM's own counters on /metrics must
+agree with the traffic: at least as many successful requests and generated tokens as the valid
+responses counted.
 """
 
 from __future__ import annotations
@@ -61,6 +71,122 @@ async def _one_request(session, url: str, model: str, prompt: list[int], out_len
     return {"ok": tokens == out_len, "tokens": tokens}
 
 
+def _malformed(rng: random.Random, model: str, spec: dict) -> tuple[str, bytes]:
+    """(kind, body) of a request the server must refuse with a 4xx."""
+    kind = rng.choice(["bad json", "negative max_tokens", "token id out of vocabulary",
+                       "prompt too long"])  # fmt: skip
+    if kind == "bad json":
+        return kind, b'{"model": "' + model.encode() + b'", "prompt": [1, 2,'
+    body: dict[str, Any] = {"model": model, "prompt": [5, 6, 7], "max_tokens": 4}
+    if kind == "negative max_tokens":
+        body["max_tokens"] = -1
+    elif kind == "token id out of vocabulary":
+        body["prompt"] = [spec["vocab"] + 10**6]
+    else:
+        body["prompt"] = [5] * (spec["max_model_len"] + 8)
+    return kind, json.dumps(body).encode()
+
+
+async def _abuse_loop(url: str, model: str, spec: dict, deadline: float, seed: int,
+                      tally: dict) -> None:  # fmt: skip
+    """Cut streams and malformed requests, alternately; what the server did with each."""
+    import aiohttp
+
+    rng = random.Random(10_000 + seed)
+    abuse = tally["abuse"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        while time.time() < deadline:
+            try:
+                if abuse["cut"] <= abuse["malformed"]:
+                    abuse["cut"] += 1
+                    body = {"model": model, "prompt": [rng.randrange(3, spec["vocab"])] * 8,
+                            "max_tokens": spec["max_output"], "ignore_eos": True, "stream": True}  # fmt: skip
+                    async with session.post(url + "/v1/completions", json=body) as resp:
+                        if resp.status != 200:
+                            abuse["server_errors"].append(f"cut stream: status {resp.status}")
+                            continue
+                        chunks = 0
+                        async for _ in resp.content:
+                            chunks += 1
+                            if chunks == 2:
+                                break  # leaving the block closes the connection mid-stream
+                        abuse["cut_after_chunks"] += chunks >= 2
+                else:
+                    abuse["malformed"] += 1
+                    kind, raw = _malformed(rng, model, spec)
+                    async with session.post(url + "/v1/completions", data=raw,
+                                            headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
+                        await resp.read()
+                        if 400 <= resp.status < 500:
+                            abuse["refused_4xx"] += 1
+                        else:
+                            abuse["server_errors"].append(f"{kind}: status {resp.status}")
+            except Exception as e:  # a dropped connection counts against the server
+                abuse["server_errors"].append(f"{type(e).__name__}: {e}")
+            await asyncio.sleep(0.2)
+
+
+# vLLM's client cycles through these load points during a soak (closed loop, then arrivals/s)
+BENCH_POINTS = [("concurrency", 4.0), ("concurrency", 16.0), ("rate", 2.0), ("concurrency", 64.0),
+                ("rate", 8.0)]  # fmt: skip
+
+
+def _bench_loop(server, spec: dict, deadline: float, workdir: Path, tally: dict) -> None:
+    """`vllm bench serve` runs, one load point after another, until the deadline (a thread)."""
+    from lynx_ops.bench.online import client_args
+    from lynx_ops.bench.vllm_client import LoopClient
+
+    bench = tally["bench_serve"]
+    client = LoopClient()
+    spec = {**spec, "input_len": max(2, spec["max_input"] // 2),
+            "output_len": max(2, spec["max_output"] // 2), "range_ratio": 0.5}  # fmt: skip
+    try:
+        i = 0
+        while time.time() < deadline:
+            point = BENCH_POINTS[i % len(BENCH_POINTS)]
+            prompts = int(2 * point[1]) if point[0] == "concurrency" else int(10 * point[1])
+            name = f"bench-{i:03d}-{point[0]}-{point[1]:g}.json"
+            rc = client.run(client_args(server, point, max(prompts, 4), spec, i, workdir, name),
+                            workdir / f"{name}.log")  # fmt: skip
+            bench["runs"] += 1
+            result = workdir / name
+            done = json.loads(result.read_text()) if result.is_file() else {}
+            bench["completed"] += int(done.get("completed", 0))
+            bench["output_tokens"] += int(done.get("total_output_tokens", 0))
+            failed = int(done.get("failed", 0)) if done else None
+            if rc != 0 or failed:
+                bench["failed_runs"].append(f"{name}: exit {rc}, failed requests {failed}")
+            i += 1
+    finally:
+        client.close()
+
+
+def _gpu_used_mib() -> float | None:
+    """Used memory of the GPU the server runs on (NVML), or None without one."""
+    try:
+        import pynvml
+
+        from lynx_ops.bench.nvml import _physical_index
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(_physical_index())
+        return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+    except Exception:
+        return None
+
+
+def _vllm_counts(server) -> dict[str, float]:
+    """vLLM's own request and token counters on /metrics (summed over their labels)."""
+    out = {"request_success": 0.0, "generation_tokens": 0.0}
+    names = {"vllm:request_success_total": "request_success",
+             "vllm:generation_tokens_total": "generation_tokens"}  # fmt: skip
+    for line in server.metrics_text().splitlines():
+        key = names.get(line.split("{")[0].split(" ")[0])
+        if key:
+            out[key] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 async def _client_loop(url: str, model: str, spec: dict, deadline: float, seed: int,
                        tally: dict) -> None:  # fmt: skip
     import aiohttp
@@ -86,29 +212,60 @@ async def _client_loop(url: str, model: str, spec: dict, deadline: float, seed: 
                 )
 
 
-async def _run(server, model: str, spec: dict) -> dict[str, Any]:
-    tally: dict[str, Any] = {"requests": 0, "valid": 0, "tokens": 0, "errors": []}
+async def _run(server, model: str, spec: dict, workdir: Path) -> dict[str, Any]:
+    tally: dict[str, Any] = {"requests": 0, "valid": 0, "tokens": 0, "errors": [],
+                             "bench_serve": {"runs": 0, "completed": 0, "output_tokens": 0,
+                                             "failed_runs": []},
+                             "abuse": {"cut": 0, "cut_after_chunks": 0, "malformed": 0,
+                                       "refused_4xx": 0, "server_errors": []}}  # fmt: skip
+    counts_before = _vllm_counts(server)
     t0 = time.time()
     deadline = t0 + spec["minutes"] * 60
     rss: list[tuple[float, float]] = []
+    gpu: list[tuple[float, float]] = []
 
     async def sampler() -> None:
         while time.time() < deadline:
-            rss.append((time.time() - t0, _tree_rss_mib(server.proc.pid)))
+            now = time.time() - t0
+            rss.append((now, _tree_rss_mib(server.proc.pid)))
+            used = _gpu_used_mib()
+            if used is not None:
+                gpu.append((now, used))
             await asyncio.sleep(spec["sample_s"])
 
     await asyncio.gather(sampler(), *(
         _client_loop(server.base, model, spec, deadline, seed=i, tally=tally)
-        for i in range(spec["concurrency"])))  # fmt: skip
+        for i in range(spec["concurrency"])), *(
+        _abuse_loop(server.base, model, spec, deadline, seed=i, tally=tally)
+        for i in range(spec.get("abuse", 1))), *(
+        [asyncio.to_thread(_bench_loop, server, spec, deadline, workdir, tally)]
+        if spec.get("bench_serve") else []))  # fmt: skip
     rss.append((time.time() - t0, _tree_rss_mib(server.proc.pid)))
-    quarter = [m for t, m in rss if t >= spec["minutes"] * 60 / 4] or [rss[-1][1]]
-    return {**{k: v for k, v in tally.items() if k != "errors"},
+    counts = {k: v - counts_before[k] for k, v in _vllm_counts(server).items()}
+    warm = spec["minutes"] * 60 / 4
+    quarter = [m for t, m in rss if t >= warm] or [rss[-1][1]]
+    gpu_quarter = [m for t, m in gpu if t >= warm]
+    abuse = tally["abuse"]
+    return {**{k: v for k, v in tally.items() if k not in ("errors", "abuse")},
             "errors": len(tally["errors"]), "first_errors": tally["errors"][:5],
+            "abuse": {**{k: v for k, v in abuse.items() if k != "server_errors"},
+                      "server_errors": len(abuse["server_errors"]),
+                      "first_server_errors": abuse["server_errors"][:5]},
+            "vllm_counts": counts,
+            # vLLM counted at least what the clients saw finish (cut streams may add tokens)
+            "metrics_consistent": counts["request_success"]
+            >= tally["valid"] + tally["bench_serve"]["completed"]
+            and counts["generation_tokens"]
+            >= tally["tokens"] + tally["bench_serve"]["output_tokens"],
             "seconds": round(time.time() - t0, 1),
             "rss_mib_start": round(rss[0][1], 1), "rss_mib_after_warmup": round(quarter[0], 1),
             "rss_mib_end": round(rss[-1][1], 1), "rss_mib_max": round(max(m for _, m in rss), 1),
             "rss_growth_after_warmup_mib": round(rss[-1][1] - quarter[0], 1),
-            "rss_samples": [[round(t, 1), round(m, 1)] for t, m in rss]}  # fmt: skip
+            "rss_samples": [[round(t, 1), round(m, 1)] for t, m in rss],
+            "gpu_mib_after_warmup": round(gpu_quarter[0], 1) if gpu_quarter else None,
+            "gpu_growth_after_warmup_mib": (round(gpu[-1][1] - gpu_quarter[0], 1)
+                                            if gpu_quarter else None),
+            "gpu_samples": [[round(t, 1), round(m, 1)] for t, m in gpu]}  # fmt: skip
 
 
 def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str, str],
@@ -121,7 +278,7 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
         server.wait_ready()
         print(f"[{label}] {spec['minutes']} min of traffic, {spec['concurrency']} clients ...",
               flush=True)  # fmt: skip
-        result = asyncio.run(_run(server, model, spec))
+        result = asyncio.run(_run(server, model, spec, workdir))
         if env_extra.get("VLLM_LYNX_ENABLED") == "1":
             result["metrics"] = server.lynx_metrics()
         result["server_alive"] = server.proc.poll() is None

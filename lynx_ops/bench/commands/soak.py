@@ -17,6 +17,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     add_router_args(parser)
     parser.add_argument("--minutes", type=float, default=10.0, help="traffic per mode")
     parser.add_argument("--concurrency", type=int, default=8, help="clients, one request each")
+    parser.add_argument("--abuse", type=int, default=1,
+                        help="clients cutting streams and sending malformed requests")  # fmt: skip
+    parser.add_argument("--bench-serve", action=argparse.BooleanOptionalAction, default=True,
+                        help="vLLM's client (vllm bench serve) cycling through load points "
+                             "meanwhile; each run must finish with no failed request")  # fmt: skip
     parser.add_argument("--max-input", type=int, default=256)
     parser.add_argument("--max-output", type=int, default=64)
     parser.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
@@ -31,8 +36,10 @@ def main(args: argparse.Namespace) -> int:
     out_dir, work, model, vocab, serve_args = serve_setup(
         args, "lynx-soak-", args.max_input + args.max_output
     )
-    spec = {"minutes": args.minutes, "concurrency": args.concurrency, "vocab": vocab,
-            "max_input": args.max_input, "max_output": args.max_output, "sample_s": 10.0}  # fmt: skip
+    spec = {"minutes": args.minutes, "concurrency": args.concurrency, "abuse": args.abuse,
+            "bench_serve": args.bench_serve,
+            "vocab": vocab, "max_input": args.max_input, "max_output": args.max_output,
+            "max_model_len": args.max_input + args.max_output + 16, "sample_s": 10.0}  # fmt: skip
     runs = {"off": soak.run_mode("off", model, serve_args, {}, spec, work),
             "on": soak.run_mode("on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work)}  # fmt: skip
     prov = provenance()
@@ -50,8 +57,28 @@ def main(args: argparse.Namespace) -> int:
         if r["errors"] or r["valid"] != r["requests"] or not r["server_alive"]:
             failed.append(f"{mode}: {r['errors']} errors, {r['valid']}/{r['requests']} valid, "
                           f"server alive: {r['server_alive']}; first: {r['first_errors']}")  # fmt: skip
+        b = r["bench_serve"]
+        print(f"{mode:>4} vllm bench serve: {b['runs']} runs, {b['completed']} requests completed, "
+              f"{len(b['failed_runs'])} runs with failures")  # fmt: skip
+        if b["failed_runs"]:
+            failed.append(f"{mode}: vllm bench serve runs failed: {b['failed_runs'][:3]}")
+        a = r["abuse"]
+        print(f"{mode:>4} abuse: {a['cut']} cut streams ({a['cut_after_chunks']} after 2 chunks), "
+              f"{a['refused_4xx']}/{a['malformed']} malformed refused with a 4xx, "
+              f"{a['server_errors']} server errors; vLLM counted {r['vllm_counts']}; GPU "
+              f"{r['gpu_mib_after_warmup']} MiB after warm-up, growth {r['gpu_growth_after_warmup_mib']}")  # fmt: skip
+        if a["server_errors"] or a["refused_4xx"] != a["malformed"]:
+            failed.append(f"{mode}: abuse client: {a['server_errors']} server errors, "
+                          f"{a['refused_4xx']}/{a['malformed']} refused; first: "
+                          f"{a['first_server_errors']}")  # fmt: skip
+        if not r["metrics_consistent"]:
+            failed.append(f"{mode}: vLLM's /metrics counted {r['vllm_counts']} for "
+                          f"{r['valid']} valid responses, {r['tokens']} tokens")  # fmt: skip
         if grow > 0.05 * r["rss_mib_after_warmup"]:
             failed.append(f"{mode}: resident memory grew {grow:.0f} MiB after warm-up")
+        gpu_grow = r["gpu_growth_after_warmup_mib"]
+        if gpu_grow is not None and gpu_grow > 0.02 * r["gpu_mib_after_warmup"]:
+            failed.append(f"{mode}: GPU memory grew {gpu_grow:.0f} MiB after warm-up")
     print(f"results: {out_dir / 'soak.json'}  logs: {work}")
     for line in failed:
         print(f"SOAK FAILED: {line}")
