@@ -17,7 +17,8 @@ spread, not dummy weights. The latency does not depend much on the values.
 `lynx::remap_keep` (k0 = k/2) instead, with their references beside them.
 
 `--sweep` times each launch shape (fused in one program; split in three launches at several block
-sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/configs.py were chosen.
+sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/configs.py were chosen,
+and each again with the selection variants of `--variants` (LaunchConfig.variant).
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def _sweep(args, prov) -> list[dict]:
                     if warps != fused.num_warps:
                         configs[f"fused_w{warps}"] = dataclasses.replace(fused, num_warps=warps)
             configs["auto"] = launch_config(T, shape.E, shape.k)
+            # the selection variants (LaunchConfig.variant: 1 one-key picks, 2 one top-k) on
+            # every launch shape above, the default's beside them
+            for label, cfg in list(configs.items()):
+                if label != "auto":
+                    for variant in args.variants:
+                        configs[f"{label}_v{variant}"] = dataclasses.replace(cfg, variant=variant)
             times = {}
             for label, cfg in configs.items():
                 times[label] = _graph_time_us(
@@ -136,6 +143,8 @@ def main() -> None:
     ap.add_argument("--out", default="perf/results/kernel_latency.csv")
     ap.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     ap.add_argument("--sweep", action="store_true", help="time every launch shape, see above")
+    ap.add_argument("--variants", type=int, nargs="*", default=[1, 2],
+                    help="selection variants the sweep times beside the default (configs.py)")  # fmt: skip
     ap.add_argument("--shapes", nargs="*", default=[], help="only shapes whose name starts so")
     ap.add_argument("--policy", choices=["bins", "budget", "keep_k0"], default="bins")
     args = ap.parse_args()

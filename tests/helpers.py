@@ -155,22 +155,30 @@ DEVICES = [
 ]
 
 
-PATHS = ["auto", "fused", "split"]
+# "-v1"/"-v2": the selection variants of kernels/configs.LaunchConfig.variant (one key with the
+# histogram's rank; and that key with one top-k), which must equal the reference as the default does
+PATHS = ["auto", "fused", "split", "fused-v1", "split-v1", "fused-v2", "split-v2"]
 
 
 def path_config(path: str, args):
     """Launch shape for a test: the default choice, forced fused, or forced split with small blocks
-    (several blocks even for small T, so the cross-block partials and the last-block count run)."""
+    (several blocks even for small T, so the cross-block partials and the last-block count run),
+    optionally with a selection variant."""
+    import dataclasses
+
     import triton
 
     from lynx_ops.kernels.configs import fused_config, split_config
 
     num_rows, num_experts = args[0].shape
-    if path == "fused":
-        return fused_config(num_rows, num_experts)
-    if path == "split":
-        return split_config(num_experts, tile=2 * triton.next_power_of_2(num_experts))
-    return None
+    shape, _, variant = path.partition("-v")
+    if shape == "fused":
+        cfg = fused_config(num_rows, num_experts)
+    elif shape == "split":
+        cfg = split_config(num_experts, tile=2 * triton.next_power_of_2(num_experts))
+    else:
+        return None
+    return dataclasses.replace(cfg, variant=int(variant or 0))
 
 
 def run_kernel(device: str, args, path: str = "auto"):

@@ -31,6 +31,11 @@ class LaunchConfig:
     fused: bool
     block_t: int
     num_warps: int
+    # How the k picks of a row are selected (kernels/remap.py, _block_kept): 0 two keys with two
+    # row reductions per pick (the default, measured); 1 one key (the histogram's rank) with one
+    # reduction per pick; 2 that key with one bitonic top-k for all k picks. 1 and 2 are exact
+    # and tested, and await their H200 sweep (perf/bench_kernel.py --sweep) before any default.
+    variant: int = 0
 
 
 def _warps(tile: int) -> int:

@@ -125,19 +125,58 @@ def _score_key(s, vanilla, cols):
 
 
 @triton.jit
-def _block_kept(d, q, allowed, vanilla, hist, valid, cols, K: tl.constexpr, BETA: tl.constexpr):
-    """[BE] int32: 1 for experts among the k candidates of some valid row of this block."""
-    key1 = tl.where(allowed, ((BETA + q).to(tl.int64) << 60) | hist[None, :], -1)
+def _hist_rank(hist, col_ok):
+    """[BE] int64: how many experts have a smaller packed histogram (equal ones share a rank), so
+    the rank orders experts as the histogram does, in 10 bits instead of 12 * (BETA + 1)."""
+    smaller = (hist[:, None] < hist[None, :]) & col_ok[:, None]
+    return tl.sum(smaller.to(tl.int64), axis=0)
+
+
+@triton.jit
+def _kth_largest(key, K: tl.constexpr, BLOCK_K: tl.constexpr, below):
+    """[BT] the K-th largest key of each row and [BT, BLOCK_K] its BLOCK_K largest, best first
+    (one bitonic top-k instead of K dependent row reductions)."""
+    if BLOCK_K == 1:  # top-1: one reduction (tl.topk reduces a width-1 result away)
+        best = tl.max(key, axis=1)
+        return best, best[:, None]
+    top = tl.topk(key, BLOCK_K, dim=1)
+    kcols = tl.arange(0, BLOCK_K)
+    return tl.max(tl.where(kcols[None, :] == K - 1, top, below), axis=1), top
+
+
+@triton.jit
+def _block_kept(d, q, allowed, vanilla, hist, valid, cols, col_ok,
+                K: tl.constexpr, BETA: tl.constexpr, VARIANT: tl.constexpr,
+                BLOCK_K: tl.constexpr):  # fmt: skip
+    """[BE] int32: 1 for experts among the k candidates of some valid row of this block.
+    VARIANT 0: two keys, two row reductions per pick; 1: one key with the histogram's rank in
+    place of the histogram, one reduction per pick; 2: that key, one top-k for all k picks."""
     gap = 0x7FFFFFFF - tl.abs(d).to(tl.int32, bitcast=True)  # smaller |d| -> larger
-    key2 = (gap.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols)
-    voted = tl.zeros(key1.shape, dtype=tl.int1)
-    for _ in tl.static_range(K):
-        best1 = tl.max(key1, axis=1)
-        tie = key1 == best1[:, None]
-        best2 = tl.max(tl.where(tie, key2, -1), axis=1)
-        chosen = tie & (key2 == best2[:, None])
-        voted = voted | chosen
-        key1 = tl.where(chosen, -2, key1)
+    if VARIANT == 0:
+        key1 = tl.where(allowed, ((BETA + q).to(tl.int64) << 60) | hist[None, :], -1)
+        key2 = (gap.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols)
+        voted = tl.zeros(key1.shape, dtype=tl.int1)
+        for _ in tl.static_range(K):
+            best1 = tl.max(key1, axis=1)
+            tie = key1 == best1[:, None]
+            best2 = tl.max(tl.where(tie, key2, -1), axis=1)
+            chosen = tie & (key2 == best2[:, None])
+            voted = voted | chosen
+            key1 = tl.where(chosen, -2, key1)
+    else:
+        rank = _hist_rank(hist, col_ok)
+        key = (((BETA + q).to(tl.int64) << 53) | (rank[None, :] << 42)
+               | (gap.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols))  # fmt: skip
+        key = tl.where(allowed, key, -1)
+        if VARIANT == 1:
+            voted = tl.zeros(key.shape, dtype=tl.int1)
+            for _ in tl.static_range(K):
+                chosen = key == tl.max(key, axis=1)[:, None]
+                voted = voted | chosen
+                key = tl.where(chosen, -2, key)
+        else:
+            kth, _ = _kth_largest(key, K, BLOCK_K, -1)
+            voted = allowed & (key >= kth[:, None])
     return tl.max((voted & valid[:, None]).to(tl.int32), axis=0)
 
 
@@ -147,10 +186,12 @@ def _block_final(
     x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
     E, scale,
     K: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr, BLOCK_K: tl.constexpr,
+    SELECT: tl.constexpr = 0,
 ):  # fmt: skip
     """Final choice, inside the kept set first, weights and outputs for every row of the block
     (padding rows get their vanilla values). Returns [BE] int32 masks of the experts the block's
-    valid rows use before and after."""
+    valid rows use before and after. SELECT 0 picks the k experts with k row reductions, 1 with
+    one top-k."""
     kcols = tl.arange(0, BLOCK_K)
     k_ok = kcols < K
     key = _score_key(s, vanilla, cols)
@@ -159,16 +200,21 @@ def _block_final(
     # the bins policy's kept set always holds k for every row), never a disallowed one.
     key = key + (kept[None, :] > 0).to(tl.int64) * (1 << 60)
     key = tl.where(allowed, key, _INT64_MIN)
-    # -1 in the padded columns (k not a power of two) so they never match a vanilla id
-    new_ids = tl.full([s.shape[0], BLOCK_K], -1, dtype=tl.int32)
-    final = tl.zeros(key.shape, dtype=tl.int1)
-    for i in tl.static_range(K):
-        best = tl.max(key, axis=1)
-        chosen = key == best[:, None]
-        final = final | chosen
-        pick = 1023 - (best & 1023).to(tl.int32)
-        new_ids = tl.where(kcols[None, :] == i, pick[:, None], new_ids)
-        key = tl.where(chosen, _INT64_MIN, key)
+    if SELECT == 0:
+        # -1 in the padded columns (k not a power of two) so they never match a vanilla id
+        new_ids = tl.full([s.shape[0], BLOCK_K], -1, dtype=tl.int32)
+        final = tl.zeros(key.shape, dtype=tl.int1)
+        for i in tl.static_range(K):
+            best = tl.max(key, axis=1)
+            chosen = key == best[:, None]
+            final = final | chosen
+            pick = 1023 - (best & 1023).to(tl.int32)
+            new_ids = tl.where(kcols[None, :] == i, pick[:, None], new_ids)
+            key = tl.where(chosen, _INT64_MIN, key)
+    else:
+        kth, top = _kth_largest(key, K, BLOCK_K, _INT64_MIN)
+        final = allowed & (key >= kth[:, None])
+        new_ids = tl.where(kcols[None, :] < K, 1023 - (top & 1023).to(tl.int32), -1)
 
     mk = row_ok[:, None] & k_ok[None, :]
     v_ids = tl.load(id_ptr + rows[:, None] * si_t + kcols[None, :] * si_k, mask=mk, other=0)
@@ -264,7 +310,7 @@ def _fused_kernel(
     T, E, alpha, scale, group_size,
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
     GROUPED: tl.constexpr, EPS: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, VARIANT: tl.constexpr,
 ):  # fmt: skip
     """Whole batch (T <= BLOCK_T) in one program."""
     n, rows, row_ok, valid, cols, col_ok = _whole_batch(n_ptr, T, E, BLOCK_T, BLOCK_E)
@@ -273,11 +319,12 @@ def _fused_kernel(
         rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
     )  # fmt: skip
     hist = _block_hist(q, valid, BETA)
-    kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, K, BETA)
+    kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, col_ok, K, BETA, VARIANT,
+                       BLOCK_K)  # fmt: skip
     before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
-        E, scale, K, SCORING, RULE, BLOCK_K,
+        E, scale, K, SCORING, RULE, BLOCK_K, VARIANT == 2,
     )  # fmt: skip
     _store_touched(touched_ptr, before, after, top1, n, moved)
 
@@ -310,6 +357,7 @@ def _vote_kernel(
     T, E, P, alpha, group_size,
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
     EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_K: tl.constexpr, VARIANT: tl.constexpr,
 ):  # fmt: skip
     """Launch 2 of 3: batch histogram, this block's votes, its kept set into kept[pid]."""
     pid = tl.program_id(0)
@@ -322,7 +370,8 @@ def _vote_kernel(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, valid, cols, cols < E, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
     )  # fmt: skip
-    kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, K, BETA)
+    kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, cols < E, K, BETA, VARIANT,
+                       BLOCK_K)  # fmt: skip
     tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
 
 
@@ -335,6 +384,7 @@ def _final_kernel(
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
     GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    VARIANT: tl.constexpr,
 ):  # fmt: skip
     """Launch 3 of 3: final choice and outputs for this block (padding rows too); the last block
     to finish counts the experts touched over all blocks."""
@@ -353,7 +403,7 @@ def _final_kernel(
     before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
-        E, scale, K, SCORING, RULE, BLOCK_K,
+        E, scale, K, SCORING, RULE, BLOCK_K, VARIANT == 2,
     )  # fmt: skip
     tl.store(before_ptr + pid * BLOCK_E + cols, before.to(tl.int8))
     tl.store(after_ptr + pid * BLOCK_E + cols, after.to(tl.int8))
@@ -416,6 +466,7 @@ def remap_triton(
         K=k, BETA=int(beta), SCORING=int(Scoring(scoring)), GROUPED=grouped, EPS=SIGMOID_BIAS_EPS,
         BLOCK_E=block_e, num_warps=cfg.num_warps,
     )  # fmt: skip
+    block_k = triton.next_power_of_2(k)
     x_args = (scores, scores.stride(0), scores.stride(1))
     w_args = (topk_weights, topk_weights.stride(0), topk_weights.stride(1))
     id_args = (topk_ids, topk_ids.stride(0), topk_ids.stride(1))
@@ -427,7 +478,7 @@ def remap_triton(
         _fused_kernel[(1,)](
             *x_args, *w_args, *id_args, num_valid, bias, out_w, out_ids, touched,
             num_rows, num_experts, alpha, scale, group_size,
-            RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=triton.next_power_of_2(k), **meta,
+            RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=block_k, VARIANT=cfg.variant, **meta,
         )  # fmt: skip
         return out_w, out_ids, touched
 
@@ -445,13 +496,14 @@ def remap_triton(
     _vote_kernel[(blocks,)](
         *x_args, *id_args, num_valid, bias, hist, masks[0],
         num_rows, num_experts, blocks, alpha, group_size,
-        BLOCK_T=cfg.block_t, CHUNK=chunk, **meta,
+        BLOCK_T=cfg.block_t, CHUNK=chunk, BLOCK_K=block_k, VARIANT=cfg.variant, **meta,
     )  # fmt: skip
     _final_kernel[(blocks,)](
         *x_args, *w_args, *id_args, num_valid, bias, masks[0], masks[1], masks[2], top1, moved,
         counter,
         out_w, out_ids, touched,
         num_rows, num_experts, blocks, alpha, scale, group_size,
-        RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=triton.next_power_of_2(k), CHUNK=chunk, **meta,
+        RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=block_k, CHUNK=chunk, VARIANT=cfg.variant,
+        **meta,
     )  # fmt: skip
     return out_w, out_ids, touched
