@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Registration of `torch.ops.lynx.*`: schema, input checks, fake and per-device implementations.
 
-torch-only on purpose: importing this module registers the op cheaply (no Triton import, no GPU
-work), so it is in place before any torch.compile trace or CUDA-graph capture. The Triton launcher is
-imported lazily inside the CUDA implementation.
+torch and NumPy only on purpose: importing this module registers the op cheaply (no Triton import,
+no GPU work), so it is in place before any torch.compile trace or CUDA-graph capture. The Triton
+launcher is imported lazily inside the CUDA implementation; the CPU one is kernels/cpu.py.
 
 The op is functional (returns new tensors): vLLM only de-functionalises a known list of mutating ops,
 and a functional op needs no special handling under torch.compile.
@@ -194,8 +194,8 @@ def _remap_reference(*args):
 
 
 def _remap_cpu(*args):
-    """The vectorised CPU implementation (kernels/cpu.py, equal to the reference) where it fits,
-    else the reference."""
+    """The CPU implementation (kernels/cpu.py, equal to the reference) where it fits, else the
+    reference."""
     check_remap_inputs(*args)
     if not cpu_impl.fits(*args[0].shape, beta=args[6]):
         return _run_ref(remap_ref, args)
