@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'output tokens/s (warm, median of 2)':44s}{st:>10.0f}{lt:>10.0f}")
     if device == "CPU":
         print("\nOn a CPU, tokens/s is not the point: Lynx saves GPU memory reads of expert "
-              "weights, and here the op's cost is per-call overhead on small arrays (about "
-              "0.2 ms a layer and step on 2 cores; docs/PERFORMANCE.md). The expert count and the "
+              "weights, and here Lynx's routing costs CPU time (0.4-0.6 ms a layer and step on 2 "
+              "cores; docs/PERFORMANCE.md). The expert count and the "
               "NLL change are what carry over; `lynx-bench offline` measures speed on a GPU.")  # fmt: skip
     return 0
 
