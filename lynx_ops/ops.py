@@ -19,12 +19,11 @@ from lynx_ops.kernels import cpu as cpu_impl
 from lynx_ops.reference import budget_ref, keep_ref, remap_ref
 from lynx_ops.routing import (
     MAX_BETA,
-    MAX_KERNEL_EXPERTS,
-    MAX_KERNEL_ROWS,
     TOUCHED_LEN,
     BatchScore,
     Scoring,
     WeightRule,
+    packed_keys_fit,
 )
 
 _HEAD = (
@@ -187,34 +186,30 @@ def _remap_fake(*args):
     return _empty_outputs(args[1], args[2])
 
 
-def _remap_reference(*args):
-    check_remap_inputs(*args)
-    out_w, out_ids, touched = remap_ref(*args)
-    return out_w.contiguous(), out_ids.contiguous(), touched
+def _cpu_impl(check, reference, fast):
+    """The CPU implementation of an op: kernels/cpu.py (equal to the reference) where the packed
+    keys hold the batch, else the reference."""
 
+    def cpu(*args):
+        check(*args)
+        if packed_keys_fit(*args[0].shape):
+            return fast(*args)
+        return _run_ref(reference, args)
 
-def _remap_cpu(*args):
-    """The CPU implementation (kernels/cpu.py, equal to the reference) where it fits, else the
-    reference."""
-    check_remap_inputs(*args)
-    if not cpu_impl.fits(*args[0].shape, beta=args[6]):
-        return _run_ref(remap_ref, args)
-    return cpu_impl.remap_cpu(*args)
+    return cpu
 
 
 def _remap_cuda(*args):
     check_remap_inputs(*args)
-    num_rows, num_experts = args[0].shape
-    # Beyond these, counts would overflow the kernel's 12-bit histogram fields or the expert index
-    # its 10 key bits; the dense reference is capture-safe too.
-    if num_rows > MAX_KERNEL_ROWS or num_experts > MAX_KERNEL_EXPERTS:
-        return _remap_reference(*args)
+    # Beyond the packed keys' bounds the dense reference runs; it is capture-safe too.
+    if not packed_keys_fit(*args[0].shape):
+        return _run_ref(remap_ref, args)
     from lynx_ops.kernels.remap import remap_triton  # lazy: keeps `import lynx_ops` Triton-free
 
     return remap_triton(*args)
 
 
-_lib.impl("remap", _remap_cpu, "CPU")
+_lib.impl("remap", _cpu_impl(check_remap_inputs, remap_ref, cpu_impl.remap_cpu), "CPU")
 _lib.impl("remap", _remap_cuda, "CUDA")
 torch.library.register_fake("lynx::remap", _remap_fake, lib=_lib)
 
@@ -228,12 +223,6 @@ def _policy_impls(check, reference, cpu_fast, launcher_name):
         check(*args)
         return _empty_outputs(args[1], args[2])
 
-    def cpu(*args):
-        check(*args)
-        if cpu_impl.fits(*args[0].shape, beta=_beta_of(args)):
-            return cpu_fast(*args)
-        return _run_ref(reference, args)
-
     def cuda(*args):
         check(*args)
         from lynx_ops.kernels import policies  # lazy: keeps `import lynx_ops` Triton-free
@@ -242,17 +231,12 @@ def _policy_impls(check, reference, cpu_fast, launcher_name):
             return getattr(policies, launcher_name)(*args)
         return _run_ref(reference, args)
 
-    return fake, cpu, cuda
+    return fake, _cpu_impl(check, reference, cpu_fast), cuda
 
 
 def _run_ref(reference, args):
     out_w, out_ids, touched = reference(*args)
     return out_w.contiguous(), out_ids.contiguous(), touched
-
-
-def _beta_of(args) -> int:
-    """The beta a policy call bins with (remap_budget's tenth argument; keep_k0 bins nothing)."""
-    return int(args[9]) if len(args) == 14 else 0
 
 
 for _name, _check, _ref, _fast, _launcher in (

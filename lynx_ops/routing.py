@@ -24,6 +24,12 @@ MAX_KERNEL_ROWS = 4095
 MAX_KERNEL_EXPERTS = 1024
 
 
+def packed_keys_fit(num_rows: int, num_experts: int) -> bool:
+    """Whether the packed integer keys (12-bit histogram counts, 10-bit expert index) hold this
+    padded batch: the Triton kernel and the CPU implementation take it, else the reference runs."""
+    return num_rows <= MAX_KERNEL_ROWS and num_experts <= MAX_KERNEL_EXPERTS
+
+
 class Scoring(enum.IntEnum):
     """How the router turns logits into selection scores (see docs/ALGORITHM.md, Notation)."""
 

@@ -4,10 +4,11 @@
     python perf/cpu_decode_share.py [--batch 16] [--tokens 48] [--repeats 5] [--out FILE.csv]
 
 Each mode runs in its own process (the plugin's state is fixed when vLLM starts), the engine core
-in-process so that the op's calls can be timed where they run: `generate` of `--batch` held-out
-prompts for `--tokens` tokens, `--repeats` times after one warm-up, and for the Lynx modes the
-wall time of every CPU remap call (lynx_ops.kernels.cpu, or the reference with --mode reference).
-Prints the median generate time, the op's median per call and its share of the generate time.
+in-process so that the op's calls can be timed where they run: `generate` of `--batch` prompts
+(fixed random token ids) for `--tokens` tokens, `--repeats` times after one warm-up, and for the
+Lynx modes the wall time of every remap call a layer makes (`LayerState.remap`: the op with its
+dispatch; lynx_ops.kernels.cpu, or the reference in the reference mode). Prints the median
+generate time, the op's median per call and its share of the generate time.
 """
 
 from __future__ import annotations
@@ -30,24 +31,20 @@ def _child(mode: str, batch: int, tokens: int, repeats: int) -> dict:
     if mode != "stock":
         os.environ["VLLM_LYNX_ENABLED"] = "1"
     from lynx_ops import embedded, ops
-    from lynx_ops.kernels import cpu
+    from lynx_ops.integration.layer_state import LayerState
 
     calls: list[float] = []
+    remap = LayerState.remap
 
-    def timed(fn):
-        def run(*args):
-            t0 = time.perf_counter()
-            out = fn(*args)
-            calls.append(time.perf_counter() - t0)
-            return out
+    def timed(*args):
+        t0 = time.perf_counter()
+        out = remap(*args)
+        calls.append(time.perf_counter() - t0)
+        return out
 
-        return run
-
+    LayerState.remap = timed
     if mode == "reference":
-        cpu.fits = lambda *a, **k: False  # the op's CPU dispatch then runs the reference
-        ops.remap_ref = timed(ops.remap_ref)
-    else:
-        cpu.remap_cpu = timed(cpu.remap_cpu)
+        ops.packed_keys_fit = lambda *a: False  # the op's CPU dispatch then runs the reference
 
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt

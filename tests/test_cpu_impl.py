@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
-from lynx_ops.kernels import cpu as cpu_impl
 from lynx_ops.reference import budget_ref, keep_ref, remap_ref
-from lynx_ops.routing import MAX_BETA, BatchScore
+from lynx_ops.routing import MAX_BETA, BatchScore, packed_keys_fit
 from tests.helpers import FAMILY_SHAPES, Shape, make_batch, op_args, vanilla_routing
 
 
@@ -86,8 +85,8 @@ def test_keep_equals_the_reference(shape):
 
 
 def test_outside_the_fast_path_the_op_runs_the_reference():
-    assert cpu_impl.fits(4095, 1024, beta=MAX_BETA)
-    assert not cpu_impl.fits(4096, 32) and not cpu_impl.fits(16, 1025)
+    assert packed_keys_fit(4095, 1024)
+    assert not packed_keys_fit(4096, 32) and not packed_keys_fit(16, 1025)
     shape = Shape(8, 2, alpha=0.7, beta=1)
     args = op_args(shape, *make_batch(shape, 4100, seed=0), 4000)
     _equal(torch.ops.lynx.remap(*args), remap_ref(*args))

@@ -18,8 +18,8 @@ NumPy operation on a small array costs about a microsecond where a torch call co
 (`perf/bench_cpu_op.py`). NumPy comes with vLLM. The transcendental parts (selection scores of
 sigmoid-with-bias routers, the final weights) run in torch exactly as in the reference, so the
 results are equal to it bit for bit (tests/test_cpu_impl.py: every policy, ties included) where
-this path applies: T <= MAX_KERNEL_ROWS (12-bit counts) and E <= MAX_KERNEL_EXPERTS (10 index
-bits), as for the kernel; elsewhere the op runs the reference.
+the packed keys hold the batch (routing.packed_keys_fit, as for the kernel); elsewhere the op runs
+the reference.
 """
 
 from __future__ import annotations
@@ -28,15 +28,12 @@ import numpy as np
 import torch
 
 from lynx_ops.reference import _final_weights, selection_scores, vanilla_group_mask
-from lynx_ops.routing import MAX_BETA, MAX_KERNEL_EXPERTS, MAX_KERNEL_ROWS, BatchScore
+from lynx_ops.routing import MAX_BETA, BatchScore
 
 _INT64_MIN = np.iinfo(np.int64).min
-# (MAX_BETA + 1) 12-bit histogram fields must fit below the int64 sign bit
+# (MAX_BETA + 1) 12-bit histogram fields must fit below the int64 sign bit (the op's checks bound
+# beta by MAX_BETA)
 assert 12 * (MAX_BETA + 1) <= 62
-
-
-def fits(num_rows: int, num_experts: int, beta: int = 0) -> bool:
-    return num_rows <= MAX_KERNEL_ROWS and num_experts <= MAX_KERNEL_EXPERTS and beta <= MAX_BETA
 
 
 def _sortable(s: np.ndarray) -> np.ndarray:
@@ -52,9 +49,8 @@ def _largest(key: np.ndarray, k: int, rows: np.ndarray, ordered: bool = True) ->
     if k >= num_experts:
         part = np.broadcast_to(np.arange(num_experts), key.shape)
     elif num_experts <= 64:  # a full sort of a short row costs less than partition + sort
-        return np.argsort(key, axis=1)[
-            :, : -k - 1 : -1
-        ].copy()  # copy: torch takes no negative strides
+        descending = np.argsort(key, axis=1)[:, ::-1]
+        return descending[:, :k].copy()  # copy: torch takes no negative strides
     else:
         part = np.argpartition(key, num_experts - k, axis=1)[:, -k:]
     if not ordered:
@@ -77,7 +73,6 @@ class _Batch:
         self.valid = np.arange(num_rows) < n
         self.all_valid = n >= num_rows
         ids = topk_ids.detach().numpy().astype(np.int64, copy=False)
-        self.ids = ids
         if ids.size:  # the router's contract, checked where it is free (reference._prepare)
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= num_experts:
@@ -107,7 +102,8 @@ class _Batch:
         if self.allowed is not None:
             s = np.where(self.allowed, s, np.float32(-np.inf))
         self.s = s
-        self.tie = (self.vanilla.astype(np.int64) << 10) | (1023 - np.arange(num_experts))
+        self.low_index_first = 1023 - np.arange(num_experts)  # the lowest bits of every key
+        self.tie = (self.vanilla.astype(np.int64) << 10) | self.low_index_first
         self._score_key: np.ndarray | None = None
 
     def score_key(self) -> np.ndarray:
@@ -210,7 +206,7 @@ def budget_cpu(scores, topk_weights, topk_ids, num_valid, correction_bias, budge
     chosen = b.only_valid(b.vanilla)
     in_union = chosen.any(axis=0)
     # every valid row's top-1: its vanilla expert of highest score, the lowest index among ties
-    k1 = np.where(b.vanilla, (_sortable(b.s) << 10) | (1023 - np.arange(num_experts)), _INT64_MIN)
+    k1 = np.where(b.vanilla, (_sortable(b.s) << 10) | b.low_index_first, _INT64_MIN)
     forced = (chosen & (k1 == k1.max(axis=1, keepdims=True))).any(axis=0)
     if batch_score == BatchScore.HIST:
         score = b.bins(float(alpha), int(beta))[2]
