@@ -133,16 +133,19 @@ class Server:
         with urllib.request.urlopen(self.base + "/metrics", timeout=30) as r:
             return r.read().decode()
 
+    def counter_sums(self, families: dict[str, str]) -> dict[str, float]:
+        """{key: value} for each {Prometheus family: key}, summed over the family's labels."""
+        out = dict.fromkeys(families.values(), 0.0)
+        for line in self.metrics_text().splitlines():
+            key = families.get(line.split("{")[0].split(" ")[0])
+            if key:
+                out[key] += float(line.rsplit(" ", 1)[1])
+        return out
+
     def engine_counts(self) -> dict[str, float]:
         """Engine steps and preemptions so far, from vLLM's own Prometheus families."""
-        out = {"engine_steps": 0.0, "preemptions": 0.0}
-        for line in self.metrics_text().splitlines():
-            name = line.split("{")[0].split(" ")[0]
-            if name == "vllm:iteration_tokens_total_count":
-                out["engine_steps"] += float(line.rsplit(" ", 1)[1])
-            elif name == "vllm:num_preemptions_total":
-                out["preemptions"] += float(line.rsplit(" ", 1)[1])
-        return out
+        return self.counter_sums({"vllm:iteration_tokens_total_count": "engine_steps",
+                                  "vllm:num_preemptions_total": "preemptions"})  # fmt: skip
 
     def lynx_metrics(self, wait_s: float = 0.0) -> dict[str, Any]:
         """The Lynx families on the server's Prometheus /metrics, summed or averaged over layers;

@@ -177,14 +177,8 @@ def _gpu_used_mib() -> float | None:
 
 def _vllm_counts(server) -> dict[str, float]:
     """vLLM's own request and token counters on /metrics (summed over their labels)."""
-    out = {"request_success": 0.0, "generation_tokens": 0.0}
-    names = {"vllm:request_success_total": "request_success",
-             "vllm:generation_tokens_total": "generation_tokens"}  # fmt: skip
-    for line in server.metrics_text().splitlines():
-        key = names.get(line.split("{")[0].split(" ")[0])
-        if key:
-            out[key] += float(line.rsplit(" ", 1)[1])
-    return out
+    return server.counter_sums({"vllm:request_success_total": "request_success",
+                                "vllm:generation_tokens_total": "generation_tokens"})  # fmt: skip
 
 
 async def _client_loop(url: str, model: str, spec: dict, deadline: float, seed: int,
