@@ -38,25 +38,12 @@ from lynx_ops.reference import budget_ref, keep_ref, remap_ref  # noqa: E402
 from lynx_ops.routing import Scoring, WeightRule  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
 from perf.timing import graph_time_us as _graph_time_us  # noqa: E402
-from tests.helpers import Shape, make_batch, op_args  # noqa: E402
+from tests.helpers import FAMILY_SHAPES, Shape, make_batch, op_args  # noqa: E402
 
-SHAPES = {
-    "qwen3-moe (E128 k8)": Shape(128, 8, alpha=3.0, beta=2),
-    "qwen2-moe (E64 k8)": Shape(64, 8, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4),
-    "qwen1.5-moe (E60 k4)": Shape(60, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4),
-    "mixtral (E8 k2)": Shape(8, 2, alpha=0.7, beta=1),
-    "deepseek-v2 (E160 k6 g8)": Shape(
-        160, 6, rule=WeightRule.PRESERVE_MASS, groups=8, topk_group=3
-    ),  # fmt: skip
-    "deepseek-v3 (E256 k8 g8 bias)": Shape(
-        256, 8, Scoring.SIGMOID_BIAS, groups=8, topk_group=4, scale=2.5
-    ),  # fmt: skip
-    "gpt-oss (E128 k4)": Shape(128, 4, alpha=3.0, beta=2),
-    "llama4-scout (E16 k1 sigmoid)": Shape(
-        16, 1, Scoring.SIGMOID, WeightRule.PRESERVE_MASS, beta=4
-    ),  # fmt: skip
-}
-BATCHES = [1, 8, 32, 128, 256, 512]
+# The family shapes the tests check (tests/helpers.FAMILY_SHAPES), without the odd ones that only
+# exercise edge cases: one list of family facts for tests and benchmarks.
+SHAPES = {p.id: p.values[0] for p in FAMILY_SHAPES if not p.id.startswith("odd-")}
+BATCHES = [1, 8, 16, 32, 64, 128, 256, 512]
 
 
 def _eager_time_us(fn, repeats: int) -> float:

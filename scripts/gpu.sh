@@ -18,7 +18,7 @@
 #   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
 #                   (default bins; also budget, keep_k0)
 #   kernel-sweep    perf/bench_kernel.py --sweep: every launch shape and selection variant
-#                   (LYNX_SWEEP_SHAPES: name prefixes)
+#                   (LYNX_SWEEP_SHAPES: name prefixes; LYNX_SWEEP_BATCHES, default 1 8 32 64 256)
 #   cuda-tests      pytest -m cuda (the op's CUDA tier)
 #   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
 #                   two-GPU tests skip on one GPU)
@@ -84,7 +84,7 @@ stage() {
     kernel) mkdir -p "$dir" && for pol in ${LYNX_KERNEL_POLICIES:-bins}; do
         python3 perf/bench_kernel.py --policy "$pol" --out "$dir/kernel_latency_$pol.csv"; done ;;
     kernel-sweep) mkdir -p "$dir" && python3 perf/bench_kernel.py --sweep \
-        ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --out "$dir/kernel_sweep.csv" ;;
+        ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --batches ${LYNX_SWEEP_BATCHES:-1 8 32 64 256} --out "$dir/kernel_sweep.csv" ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;
     vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest ${LYNX_GPU_TESTS:-tests/vllm_gpu} \
         -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
