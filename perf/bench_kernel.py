@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lynx_ops  # noqa: E402
 from lynx_ops.reference import budget_ref, keep_ref, remap_ref  # noqa: E402
-from lynx_ops.routing import Scoring, WeightRule  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
 from perf.timing import graph_time_us as _graph_time_us  # noqa: E402
 from tests.helpers import FAMILY_SHAPES, Shape, make_batch, op_args  # noqa: E402
