@@ -85,7 +85,7 @@ stage() {
         python3 perf/bench_kernel.py --policy "$pol" --out "$dir/kernel_latency_$pol.csv"; done ;;
     kernel-sweep) mkdir -p "$dir" && python3 perf/bench_kernel.py --sweep \
         ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --batches ${LYNX_SWEEP_BATCHES:-1 8 32 64 256} --out "$dir/kernel_sweep.csv" ;;
-    cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -q -p no:cacheprovider ;;
+    cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -v --tb=short -rfE -p no:cacheprovider ;;  # -v: a cut run still names its failures
     vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest ${LYNX_GPU_TESTS:-tests/vllm_gpu} \
         -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
     main-job) mkdir -p "$dir" && python3 -m lynx_ops.demo ;;

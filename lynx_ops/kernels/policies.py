@@ -8,8 +8,8 @@ final choice from the kept set, weights, outputs, experts touched). Only the kep
 * keep_k0: each valid row's top-k0 by (score, vanilla, lower index), OR-ed over the rows;
 * budget: the experts of the vanilla union ranked by (forced top-1, in the union, batch score,
   lower index), the first L kept, L = max(#forced, min(max(K, 1), ceil(fraction * |union|)));
-  the rank of each expert is the count of experts ranked above it (an [E, E] comparison, so this
-  path takes E <= MAX_POLICY_EXPERTS). K is read from its device tensor, the fraction in float64
+  the L-th key found bit by bit (`_first_by_key`), lower indices first among equal keys; this
+  path takes E <= MAX_POLICY_EXPERTS. K is read from its device tensor, the fraction in float64
   so that the ceiling agrees with the reference's double arithmetic.
 
 All decisions are integer comparisons on values every rank computes identically: no atomics, no
@@ -72,12 +72,29 @@ def _keep_kernel(
 
 
 @triton.jit
+def _first_by_key(key, limit, BITS: tl.constexpr):
+    """[BE] int1: the `limit` entries first in the order (larger key, lower index), for keys in
+    [0, 2**BITS) (-1 marks padding). The limit-th largest key is found one bit at a time, BITS
+    [BE] reductions in place of an [BE, BE] comparison (which spilled: 93 us per call at E=128 on
+    the H200, 3a17772); among the keys equal to it the lowest indices go first."""
+    t = limit * 0
+    for b in tl.static_range(BITS):
+        cand = t | (1 << (BITS - 1 - b))
+        t = tl.where(tl.sum((key >= cand).to(tl.int32), axis=0) >= limit, cand, t)
+    above = key > t
+    tie = key == t
+    tie_rank = tl.cumsum(tie.to(tl.int32), axis=0) - 1  # equal keys at lower indices
+    room = limit - tl.sum(above.to(tl.int32), axis=0)
+    return (above | (tie & (tie_rank < room))) & (limit > 0)
+
+
+@triton.jit
 def _budget_kernel(
     x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr, budget_ptr,
     fraction_ptr, out_w_ptr, out_id_ptr, touched_ptr,
     T, E, alpha, scale, group_size,
-    K: tl.constexpr, BETA: tl.constexpr, HIST: tl.constexpr, SCORING: tl.constexpr,
-    RULE: tl.constexpr, GROUPED: tl.constexpr, EPS: tl.constexpr,
+    K: tl.constexpr, BETA: tl.constexpr, HIST: tl.constexpr, SCORE_BITS: tl.constexpr,
+    SCORING: tl.constexpr, RULE: tl.constexpr, GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     n, rows, row_ok, valid, cols, col_ok = _whole_batch(n_ptr, T, E, BLOCK_T, BLOCK_E)
@@ -95,20 +112,15 @@ def _budget_kernel(
         score = _block_hist(q, valid, BETA)
     else:  # rows naming the expert among their top-k
         score = tl.sum(chosen.to(tl.int64), axis=0)
-    rank_key = (forced.to(tl.int64) << 61) | (in_union.to(tl.int64) << 60) | score
-    rank_key = tl.where(col_ok, rank_key, -1)
-    # rank[e] = experts ranked above e: a larger key, or an equal key and a lower index
-    other = tl.reshape(rank_key, (BLOCK_E, 1))
-    other_idx = tl.reshape(cols, (BLOCK_E, 1))
-    above = (other > rank_key[None, :]) | (
-        (other == rank_key[None, :]) & (other_idx < cols[None, :])
-    )
-    rank = tl.sum(above.to(tl.int32), axis=0)  # [BE]
+    # rank key (forced top-1, in the union, batch score): the score takes SCORE_BITS bits
+    rank_key = (forced.to(tl.int64) << (SCORE_BITS + 1)) | (in_union.to(tl.int64) << SCORE_BITS)
+    rank_key = tl.where(col_ok, rank_key | score, -1)
     union = tl.sum(in_union, axis=0)
     limit_k = tl.maximum(tl.load(budget_ptr).to(tl.int64), 1)
     limit_f = tl.ceil(tl.load(fraction_ptr) * union.to(tl.float64)).to(tl.int64)
     limit = tl.maximum(tl.minimum(limit_k, limit_f), tl.sum(forced, axis=0).to(tl.int64))
-    kept = ((rank.to(tl.int64) < limit) & (in_union > 0)).to(tl.int32)
+    first = _first_by_key(rank_key, limit, SCORE_BITS + 2)
+    kept = (first & (in_union > 0)).to(tl.int32)
     before, after, top1s, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
@@ -164,12 +176,15 @@ def budget_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, bu
     grouped = num_expert_group > 1
     # float64 on the device: the ceiling of fraction * |union| as the reference computes it
     frac = torch.full((1,), float(fraction), dtype=torch.float64, device=scores.device)
+    hist = int(batch_score) == BatchScore.HIST
+    # the batch score's width: 12-bit histogram fields c[0..beta], or a count of rows < 2**14
+    score_bits = 12 * (int(beta) + 1) if hist else MAX_POLICY_SCORES.bit_length()
     _budget_kernel[(1,)](
         *args, num_valid, correction_bias if correction_bias is not None else scores, budget,
         frac, out_w, out_ids, touched,
         num_rows, num_experts, float(alpha), float(scale),
         num_experts // num_expert_group if grouped else 1,
-        K=topk_ids.shape[1], BETA=int(beta), HIST=int(batch_score) == BatchScore.HIST,
+        K=topk_ids.shape[1], BETA=int(beta), HIST=hist, SCORE_BITS=score_bits,
         SCORING=int(Scoring(scoring)), RULE=int(WeightRule(weight_rule)), GROUPED=grouped,
         EPS=SIGMOID_BIAS_EPS, **meta,
     )  # fmt: skip
