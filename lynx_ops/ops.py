@@ -215,9 +215,10 @@ torch.library.register_fake("lynx::remap", _remap_fake, lib=_lib)
 
 
 def _policy_impls(check, reference, cpu_fast, launcher_name):
-    """Fake, CPU and CUDA implementations of a policy. On CUDA the one-program Triton kernel
-    (kernels/policies.py) takes padded batches up to its size; larger ones run the reference,
-    which is dense and free of host synchronisation, so it is captured in CUDA graphs as it is."""
+    """Fake, CPU and CUDA implementations of a policy. On CUDA the Triton kernels
+    (kernels/policies.py) take batches within the packed keys' bounds; larger ones run the
+    reference, which is dense and free of host synchronisation, so it is captured in CUDA graphs
+    as it is."""
 
     def fake(*args):
         check(*args)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The kernels compile for Hopper (sm_90) with Triton's own compiler, no GPU needed.
+"""The kernels (bins and the policies) compile for Hopper (sm_90) with Triton's own compiler, no GPU needed.
 
 The interpreter accepts Python the compiler rejects (non-constexpr globals, dtype mixes), so CI also
 compiles every constexpr branch down to a cubin with Triton's bundled ptxas. It runs in a fresh
@@ -19,17 +19,22 @@ _SCRIPT = r"""
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from lynx_ops.kernels import remap
+from lynx_ops.kernels import policies, remap
 scoring, rule, grouped, k, block_e = (int(v) for v in sys.argv[1:])
 types = {  # argument name -> type; pointers to partial buffers by their element type
     "x_ptr": "*bf16", "w_ptr": "*fp32", "id_ptr": "*i32", "n_ptr": "*i32", "bias_ptr": "*fp32",
     "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "counter_ptr": "*i32", "top1_ptr": "*i32", "moved_ptr": "*i32",
     "hist_ptr": "*i64", "kept_ptr": "*i8", "before_ptr": "*i8", "after_ptr": "*i8",
     "alpha": "fp32", "scale": "fp32",
+    "budget_ptr": "*i32", "fraction_ptr": "*fp64", "parts_ptr": "*i64",
 }
 const = dict(K=k, BETA=2, SCORING=scoring, RULE=rule, GROUPED=bool(grouped), EPS=1e-6,
-             BLOCK_T=16, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k), CHUNK=8)
-for kernel in (remap._fused_kernel, remap._hist_kernel, remap._vote_kernel, remap._final_kernel):
+             BLOCK_T=16, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k), CHUNK=8, VARIANT=0,
+             K0=max(1, k // 2), HIST=bool(rule != 1), SCORE_BITS=38 if rule != 1 else 12)
+kernels = (remap._fused_kernel, remap._hist_kernel, remap._vote_kernel, remap._final_kernel,
+           policies._keep_kernel, policies._keep_partial_kernel, policies._budget_kernel,
+           policies._budget_partial_kernel, policies._budget_final_kernel)
+for kernel in kernels:
     names = kernel.arg_names
     sig = {n: "constexpr" if n in const else types.get(n, "i32") for n in names}
     src = ASTSource(fn=kernel, signature=sig,

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The budget and keep_k0 Triton kernels against their references (which test_policies.py checks
 against per-row Python implementations): family shapes, padding rows, every batch score, a
-budget below the forced top-1s and above the union. Under the Triton interpreter on CPU in CI,
+budget below the forced top-1s and above the union, on both launch shapes (one program; split
+over blocks of rows, with small blocks so that several blocks share even a small batch). Under the Triton interpreter on CPU in CI,
 compiled on a GPU in the cuda tier (there through the op, so its dispatch runs too). Ids and
 experts-touched counts must match exactly; weights to the dtype's tolerance."""
 
@@ -13,7 +14,17 @@ import torch
 import lynx_ops  # noqa: F401
 from lynx_ops.reference import budget_ref, keep_ref
 from lynx_ops.routing import BatchScore, Scoring
-from tests.helpers import DEVICES, FAMILY_SHAPES, Shape, make_batch, near_bin_edge, op_args
+from tests.helpers import (
+    DEVICES,
+    FAMILY_SHAPES,
+    Shape,
+    make_batch,
+    near_bin_edge,
+    op_args,
+    path_config,
+)
+
+LAUNCHES = ["auto", "fused", "split"]
 
 
 def _on(device, args):
@@ -39,23 +50,33 @@ def _batch(shape: Shape, T: int, n: int, seed: int):
     raise AssertionError("no clean batch")
 
 
+def _launch(device, path, op, launcher, args):
+    """The op itself on CUDA for the default launch (its dispatch runs too), else the launcher
+    with the launch shape forced."""
+    if device == "cuda" and path == "auto":
+        return op(*_on(device, args))
+    return launcher(*_on(device, args), config=path_config(path, args))
+
+
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", LAUNCHES)
 @pytest.mark.parametrize("shape", FAMILY_SHAPES)
-def test_keep_kernel_matches_reference(device, shape):
+def test_keep_kernel_matches_reference(device, path, shape):
     from lynx_ops.kernels.policies import keep_triton
 
     for T, n, seed in [(16, 13, 0), (4, 4, 1), (1, 1, 2)]:
         base = _batch(shape, T, n, seed)
         for k0 in sorted({1, max(1, shape.k // 2), shape.k}):
             args = (*base, k0, int(shape.scoring), int(shape.rule), shape.scale, shape.groups)
-            launch = torch.ops.lynx.remap_keep if device == "cuda" else keep_triton
-            _check(keep_ref(*args), launch(*_on(device, args)), args)
+            got = _launch(device, path, torch.ops.lynx.remap_keep, keep_triton, args)
+            _check(keep_ref(*args), got, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", LAUNCHES)
 @pytest.mark.parametrize("shape", FAMILY_SHAPES)
 @pytest.mark.parametrize("score", list(BatchScore))
-def test_budget_kernel_matches_reference(device, shape, score):
+def test_budget_kernel_matches_reference(device, path, shape, score):
     from lynx_ops.kernels.policies import budget_triton
 
     for T, n, budget, fraction, seed in [(16, 13, 6, 1.0, 0), (8, 8, 1, 1.0, 1),
@@ -64,8 +85,8 @@ def test_budget_kernel_matches_reference(device, shape, score):
         k_t = torch.tensor([budget], dtype=torch.int32)
         args = (*base, k_t, fraction, int(score), shape.alpha, shape.beta, int(shape.scoring),
                 int(shape.rule), shape.scale, shape.groups)  # fmt: skip
-        launch = torch.ops.lynx.remap_budget if device == "cuda" else budget_triton
-        _check(budget_ref(*args), launch(*_on(device, args)), args)
+        got = _launch(device, path, torch.ops.lynx.remap_budget, budget_triton, args)
+        _check(budget_ref(*args), got, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -87,3 +108,23 @@ def test_budget_fraction_ceiling_agrees_with_the_reference_at_exact_products(dev
     launch = torch.ops.lynx.remap_budget if device == "cuda" else budget_triton
     want = budget_ref(*args)
     _check(want, launch(*_on(device, args)), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", ["auto", "split"])
+def test_policies_on_a_large_batch_over_many_blocks(device, path):
+    """T = 200 of which 150 valid on the Qwen3 shape: the split path with 25 blocks (auto) or 100
+    (small blocks: more partials than one load of `_sum_partials` holds), both policies."""
+    from lynx_ops.kernels.policies import budget_triton, keep_triton
+
+    shape = next(p.values[0] for p in FAMILY_SHAPES if p.id == "qwen3-30b-a3b")
+    base = _batch(shape, 200, 150, 0)
+    keep = (*base, 4, int(shape.scoring), int(shape.rule), shape.scale, shape.groups)
+    _check(keep_ref(*keep), _launch(device, path, torch.ops.lynx.remap_keep, keep_triton, keep),
+           keep)  # fmt: skip
+    for score in BatchScore:
+        k_t = torch.tensor([24], dtype=torch.int32)
+        budget = (*base, k_t, 1.0, int(score), shape.alpha, shape.beta, int(shape.scoring),
+                  int(shape.rule), shape.scale, shape.groups)  # fmt: skip
+        got = _launch(device, path, torch.ops.lynx.remap_budget, budget_triton, budget)
+        _check(budget_ref(*budget), got, budget)

@@ -386,8 +386,30 @@ def _final_kernel(
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
     VARIANT: tl.constexpr,
 ):  # fmt: skip
-    """Launch 3 of 3: final choice and outputs for this block (padding rows too); the last block
-    to finish counts the experts touched over all blocks."""
+    """Launch 3 of 3: the kept set from the blocks' partials (OR), then `_final_rows`. The keep_k0
+    policy's split path launches it too, after its own partials (kernels/policies.py)."""
+    cols = tl.arange(0, BLOCK_E)
+    kept = _sum_partials(kept_ptr, P, cols, BLOCK_E, CHUNK, False)
+    _final_rows(
+        kept, x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
+        before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr, out_w_ptr, out_id_ptr,
+        touched_ptr, T, E, P, alpha, scale, group_size,
+        K, BETA, SCORING, RULE, GROUPED, EPS, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, VARIANT == 2,
+    )  # fmt: skip
+
+
+@triton.jit
+def _final_rows(
+    kept, x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
+    before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr, out_w_ptr, out_id_ptr, touched_ptr,
+    T, E, P, alpha, scale, group_size,
+    K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
+    GROUPED: tl.constexpr, EPS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    SELECT: tl.constexpr,
+):  # fmt: skip
+    """Final choice and outputs for this program's block of rows (padding rows too) given the
+    batch's kept set [BE]; the last block to finish counts the experts touched over all blocks."""
     pid = tl.program_id(0)
     n = _num_valid(n_ptr, T)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -395,7 +417,6 @@ def _final_kernel(
     valid = rows < n
     cols = tl.arange(0, BLOCK_E)
     col_ok = cols < E
-    kept = _sum_partials(kept_ptr, P, cols, BLOCK_E, CHUNK, False)
     x, s, allowed, d, q, vanilla = _load_block(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, row_ok, cols, col_ok, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
@@ -403,7 +424,7 @@ def _final_kernel(
     before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
-        E, scale, K, SCORING, RULE, BLOCK_K, VARIANT == 2,
+        E, scale, K, SCORING, RULE, BLOCK_K, SELECT,
     )  # fmt: skip
     tl.store(before_ptr + pid * BLOCK_E + cols, before.to(tl.int8))
     tl.store(after_ptr + pid * BLOCK_E + cols, after.to(tl.int8))
@@ -431,6 +452,17 @@ def _final_kernel(
         tl.store(touched_ptr + 2, top1_total)
         tl.store(touched_ptr + 3, n)
         tl.store(touched_ptr + 4, moved_total)
+
+
+def split_buffers(num_rows: int, num_experts: int, block_t: int, device):
+    """Scratch for a split launch: (blocks, chunk, [3, blocks, BE] int8 masks (kept partials,
+    before, after), finished-block counter, per-block top-1 and moved counts)."""
+    blocks = triton.cdiv(num_rows, block_t)
+    block_e = triton.next_power_of_2(num_experts)
+    chunk = max(1, min(triton.next_power_of_2(blocks), 4096 // block_e))
+    masks = torch.empty((3, blocks, block_e), dtype=torch.int8, device=device)
+    counts = torch.empty((2 * blocks + 1,), dtype=torch.int32, device=device)
+    return blocks, chunk, masks, counts[:1], counts[1 : blocks + 1], counts[blocks + 1 :]
 
 
 def remap_triton(
@@ -482,13 +514,10 @@ def remap_triton(
         )  # fmt: skip
         return out_w, out_ids, touched
 
-    blocks = triton.cdiv(num_rows, cfg.block_t)
-    chunk = max(1, min(triton.next_power_of_2(blocks), 4096 // block_e))
+    blocks, chunk, masks, counter, top1, moved = split_buffers(
+        num_rows, num_experts, cfg.block_t, scores.device
+    )  # fmt: skip
     hist = torch.empty((blocks, block_e), dtype=torch.int64, device=scores.device)
-    masks = torch.empty((3, blocks, block_e), dtype=torch.int8, device=scores.device)
-    counts = torch.empty((2 * blocks + 1,), dtype=torch.int32, device=scores.device)
-    # finished-block counter; per block: rows keeping their top-1, assignments moved
-    counter, top1, moved = counts[:1], counts[1 : blocks + 1], counts[blocks + 1 :]
     _hist_kernel[(blocks,)](
         *x_args, *id_args, num_valid, bias, hist, counter,
         num_rows, num_experts, alpha, group_size, BLOCK_T=cfg.block_t, **meta,
