@@ -22,7 +22,7 @@ import importlib
 import sys
 
 # Subcommands, each a module under lynx_ops.bench.commands with HELP, add_cli_args and main.
-COMMANDS = ("offline", "fidelity", "frontier", "online", "soak")
+COMMANDS = ("offline", "fidelity", "frontier", "choose", "online", "soak")
 
 
 def main(argv: list[str] | None = None) -> int:

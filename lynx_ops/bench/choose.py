@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`lynx-bench choose`: a policy file from a frontier, by one stated rule.
+
+The rule, per batch size the frontier measured: among its settings whose mean decode-phase NLL
+change over the window sets is at most `max_dnll_pct` (paired against stock on the same windows),
+take the one with the fewest distinct experts per MoE layer after the remap; ties go to the smaller
+NLL change, then to the order of the frontier's rows. Where no setting qualifies, the batch size
+keeps the vanilla routing (keep_k0 with k0 = k; the op still runs).
+
+The chosen settings become one policy-file entry for the checkpoint's `model_type`: the largest
+batch size's setting as the entry's own fields (it also serves larger batches), the others as
+`by_batch` buckets (`max_batch` = the measured batch size). Batches smaller than the smallest
+measured one take its setting, although a setting costs more NLL at smaller batches (the frontier
+shows it growing as B shrinks): measure the batch sizes you serve.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+from lynx_ops.bench.frontier import parse_setting
+from lynx_ops.registry import PolicyError, load_policy_file
+from lynx_ops.registry.policy import BATCH_FIELDS, Policy
+
+
+def read_frontier(path: Path) -> list[dict[str, Any]]:
+    """The rows of a frontier.csv (`lynx-bench frontier`), numbers parsed."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise SystemExit(f"choose: cannot read {path} ({e})") from None
+    need = {"setting", "batch", "dnll_pct", "experts_before", "experts_after"}
+    if not rows or not need <= set(rows[0]):
+        raise SystemExit(f"choose: {path} is not a frontier.csv (needs columns {sorted(need)})")
+    for r in rows:
+        r["batch"] = int(r["batch"])
+        for key in ("dnll_pct", "experts_before", "experts_after"):
+            r[key] = float(r[key])
+    return rows
+
+
+def choose(rows: list[dict[str, Any]], max_dnll_pct: float) -> dict[int, dict[str, Any] | None]:
+    """Batch size -> the chosen row (None: no setting within the limit)."""
+    chosen: dict[int, dict[str, Any] | None] = {}
+    for batch in sorted({r["batch"] for r in rows}):
+        ok = [(r["experts_after"], r["dnll_pct"], i, r) for i, r in enumerate(rows)
+              if r["batch"] == batch and r["dnll_pct"] <= max_dnll_pct]  # fmt: skip
+        chosen[batch] = min(ok, key=lambda t: t[:3])[3] if ok else None
+    return chosen
+
+
+def _setting(row: dict[str, Any] | None, top_k: int) -> dict[str, Any]:
+    return parse_setting(row["setting"]) if row else {"kind": "keep_k0", "k0": top_k}
+
+
+def _file_value(value: Any) -> Any:
+    return value.name.lower() if isinstance(value, enum.Enum) else value
+
+
+def policy_entry(chosen: dict[int, dict[str, Any] | None], model_type: str, top_k: int,
+                 default: Policy) -> dict[str, Any]:  # fmt: skip
+    """One policy-file entry: the largest batch's setting as the entry's fields, smaller batches as
+    by_batch buckets. A bucket inherits the entry's fields, so it restates every field the entry
+    sets and its own setting does not at the family default (`default`), which is what the
+    frontier measured that setting with."""
+    batches = sorted(chosen)
+    top = _setting(chosen[batches[-1]], top_k)
+    entry: dict[str, Any] = {"model_type": model_type, **top}
+    buckets = []
+    for batch in batches[:-1]:
+        own = _setting(chosen[batch], top_k)
+        restated = {f: _file_value(getattr(default, f)) for f in top if f in BATCH_FIELDS
+                    and f not in own}  # fmt: skip
+        buckets.append({"max_batch": batch, **own, **restated})
+    if buckets:
+        entry["by_batch"] = buckets
+    return entry
+
+
+def write_policy(entry: dict, path: Path) -> None:
+    """Write {"policies": [entry]} and load it back through the registry's own checks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"policies": [entry]}, indent=1) + "\n")
+    try:
+        load_policy_file(path)
+    except PolicyError as e:
+        raise SystemExit(f"choose: the policy written to {path} does not load: {e}") from None

@@ -1,0 +1,59 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`lynx-bench choose`: a policy file from a frontier.csv by one stated rule (bench/choose.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "a policy file from a frontier: fewest experts within an NLL limit, per batch size"
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frontier", required=True, help="frontier.csv of `lynx-bench frontier`")
+    parser.add_argument("--max-dnll-pct", type=float, default=1.0,
+                        help="the largest mean decode NLL increase a setting may cost, in percent "
+                             "(default 1.0)")  # fmt: skip
+    parser.add_argument("--model", default=None,
+                        help="the checkpoint the frontier measured (default: its `model` column); "
+                             "its config names the model_type and the family defaults")  # fmt: skip
+    parser.add_argument("--out", required=True, help="policy file to write (JSON)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import math
+
+    from lynx_ops.bench import choose
+    from lynx_ops.registry import PolicyError, router_shape, select_policy
+
+    if not math.isfinite(args.max_dnll_pct):
+        raise SystemExit("choose: --max-dnll-pct must be a finite number")
+    rows = choose.read_frontier(Path(args.frontier))
+    model = Path(args.model or rows[0].get("model") or "")
+    try:
+        config = json.loads((model / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"choose: cannot read the checkpoint's config.json under '{model}' ({e}); "
+                         "give --model DIR") from None  # fmt: skip
+    _, top_k = router_shape(config)
+    try:
+        default = select_policy(config, config_file=None).policy
+    except PolicyError as e:
+        raise SystemExit(f"choose: {e}") from None
+    if default is None or not top_k or not config.get("model_type"):
+        raise SystemExit(f"choose: {model} is not an MoE checkpoint Lynx covers")
+    picked = choose.choose(rows, args.max_dnll_pct)
+    print(f"rule: fewest experts with mean decode NLL change <= {args.max_dnll_pct:g}% "
+          f"({args.frontier})")  # fmt: skip
+    print(f"{'batch':>5}  {'setting':40s} {'dNLL %':>7} {'experts':>15}")
+    for batch, row in picked.items():
+        if row is None:
+            print(f"{batch:>5}  {'(none within the limit: vanilla)':40s}")
+            continue
+        print(f"{batch:>5}  {row['setting']:40s} {row['dnll_pct']:>+7.2f} "
+              f"{row['experts_before']:>6.1f} -> {row['experts_after']:<6.1f}")  # fmt: skip
+    entry = choose.policy_entry(picked, config["model_type"], top_k, default)
+    choose.write_policy(entry, Path(args.out))
+    print(f"policy file: {args.out} (VLLM_LYNX_CONFIG_FILE={args.out})")
+    return 0
