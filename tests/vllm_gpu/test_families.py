@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
 
 from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.model_configs import write_model_dir
+from tests.vllm_gpu.specs import decode_spec
 
 pytestmark = pytest.mark.vllm_gpu
 torch = pytest.importorskip("torch")
@@ -57,13 +57,7 @@ if os.environ.get("LYNX_GPU_KV_MIB"):
 
 
 def _spec(model_dir: Path, extra: dict) -> dict:
-    rng = random.Random(0)
-    prompts = [[rng.randrange(3, 30000) for _ in range(rng.randrange(16, 128))]
-               for _ in range(BATCH)]  # fmt: skip
-    return {"model": str(model_dir), "prompts": prompts, "spread": 2.0, "skew": 1.0,
-            "engine": {**ENGINE, **extra},
-            "phases": [{"name": "prefill", "max_tokens": 1},
-                       {"name": "decode", "max_tokens": DECODE}]}  # fmt: skip
+    return decode_spec(model_dir, {**ENGINE, **extra}, batch=BATCH, decode=DECODE, max_len=128)
 
 
 def _record(row: dict) -> None:

@@ -11,13 +11,12 @@ kernel saw add up to Lynx's own device-counted "after" total, and that total is 
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.lora_adapters import write_adapters
 from lynx_ops.bench.model_configs import write_model_dir
+from tests.vllm_gpu.specs import decode_spec
 
 pytestmark = pytest.mark.vllm_gpu
 torch = pytest.importorskip("torch")
@@ -32,19 +31,13 @@ BATCH, DECODE, LAYERS = 32, 16, 2
 def test_lora_kernels_see_remapped_ids(tmp_path):
     model_dir = write_model_dir("qwen3-moe", tmp_path / "model", num_layers=LAYERS)
     adapters = write_adapters(model_dir, tmp_path / "lora", 2, rank=8)
-    rng = random.Random(0)
-    prompts = [[rng.randrange(3, 30000) for _ in range(rng.randrange(16, 64))]
-               for _ in range(BATCH)]  # fmt: skip
-    spec = {
-        "model": str(model_dir), "prompts": prompts, "spread": 2.0, "skew": 1.0,
-        # No prefix caching: the decode phase's first step is then the full prefill, never a
-        # one-token-per-request step that could be mistaken for decode.
-        "engine": {**ENGINE, "enforce_eager": True, "enable_prefix_caching": False,
-                   "enable_lora": True, "max_loras": 2, "max_lora_rank": 8},
-        "lora": {"paths": [str(p) for p in adapters]},
-        "probe": "tests.vllm_gpu.lora_probe",
-        "phases": [{"name": "prefill", "max_tokens": 1}, {"name": "decode", "max_tokens": DECODE}],
-    }  # fmt: skip
+    # No prefix caching: the decode phase's first step is then the full prefill, never a
+    # one-token-per-request step that could be mistaken for decode.
+    engine = {**ENGINE, "enforce_eager": True, "enable_prefix_caching": False,
+              "enable_lora": True, "max_loras": 2, "max_lora_rank": 8}  # fmt: skip
+    spec = decode_spec(model_dir, engine, batch=BATCH, decode=DECODE,
+                       lora={"paths": [str(p) for p in adapters]},
+                       probe="tests.vllm_gpu.lora_probe")  # fmt: skip
     proc, on = run_in_subprocess(spec, tmp_path / "on", "on")
     assert on is not None, f"engine failed\n{(proc.stdout + proc.stderr)[-6000:]}"
     decode = on["phases"][1]

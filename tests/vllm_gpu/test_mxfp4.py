@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
 
 from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.model_configs import write_model_dir
+from tests.vllm_gpu.specs import decode_spec
 
 pytestmark = pytest.mark.vllm_gpu
 torch = pytest.importorskip("torch")
@@ -36,13 +36,8 @@ WORKAROUND = "--moe-backend marlin"
 def _run(tmp_path: Path, name: str, extra: dict):
     model_dir = write_model_dir("gpt-oss", tmp_path / "model", num_layers=LAYERS,
                                 quantization={"quant_method": "mxfp4"})  # fmt: skip
-    rng = random.Random(0)
-    prompts = [[rng.randrange(3, 30000) for _ in range(rng.randrange(16, 64))]
-               for _ in range(BATCH)]  # fmt: skip
-    spec = {"model": str(model_dir), "prompts": prompts, "spread": 2.0, "skew": 1.0,
-            "engine": {**ENGINE, "enable_prefix_caching": False, **extra},
-            "phases": [{"name": "prefill", "max_tokens": 1},
-                       {"name": "decode", "max_tokens": DECODE}]}  # fmt: skip
+    spec = decode_spec(model_dir, {**ENGINE, "enable_prefix_caching": False, **extra},
+                       batch=BATCH, decode=DECODE)  # fmt: skip
     proc, result = run_in_subprocess(spec, tmp_path / name, "on")
     log = proc.stdout + proc.stderr
     assert result is not None, f"{name}: engine failed\n{log[-6000:]}"

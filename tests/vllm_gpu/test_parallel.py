@@ -17,7 +17,6 @@ NVSHMEM_DISABLE_NVLS=1).
 from __future__ import annotations
 
 import collections
-import random
 import re
 
 import pytest
@@ -25,6 +24,7 @@ import pytest
 from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.model_configs import write_model_dir
 from tests.rank_probe import ranks_agree
+from tests.vllm_gpu.specs import decode_spec
 
 pytestmark = pytest.mark.vllm_gpu
 torch = pytest.importorskip("torch")
@@ -46,13 +46,8 @@ ENGINE = {"max_model_len": 512, "max_num_seqs": 64, "gpu_memory_utilization": 0.
 
 
 def _spec(model_dir, engine_extra: dict, rank_probe: dict) -> dict:
-    rng = random.Random(0)
-    prompts = [[rng.randrange(3, 30000) for _ in range(rng.randrange(16, 64))]
-               for _ in range(BATCH)]  # fmt: skip
-    return {"model": str(model_dir), "prompts": prompts, "spread": 2.0, "skew": 1.0,
-            "engine": {**ENGINE, **engine_extra}, "rank_probe": rank_probe,
-            "phases": [{"name": "prefill", "max_tokens": 1},
-                       {"name": "decode", "max_tokens": DECODE}]}  # fmt: skip
+    return decode_spec(model_dir, {**ENGINE, **engine_extra}, batch=BATCH, decode=DECODE,
+                       rank_probe=rank_probe)  # fmt: skip
 
 
 def _run(spec, workdir, mode):

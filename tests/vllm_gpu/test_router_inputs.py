@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
 
 from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.model_configs import write_model_dir
+from tests.vllm_gpu.specs import decode_spec
 
 pytestmark = pytest.mark.vllm_gpu
 torch = pytest.importorskip("torch")
@@ -32,14 +32,9 @@ BATCH, DECODE, LAYERS = 16, 8, 2
 @pytest.mark.parametrize("family", ["qwen2-moe", "qwen3-moe", "mixtral"])
 def test_remap_sees_the_logits_top_k(family, tmp_path):
     model_dir = write_model_dir(family, tmp_path / "model", num_layers=LAYERS)
-    rng = random.Random(0)
-    prompts = [[rng.randrange(3, 30000) for _ in range(rng.randrange(16, 64))]
-               for _ in range(BATCH)]  # fmt: skip
-    spec = {"model": str(model_dir), "prompts": prompts, "spread": 1.2, "skew": 0.1,
-            "engine": {**ENGINE, "enforce_eager": True, "enable_prefix_caching": False},
-            "probe": "tests.vllm_gpu.route_probe",
-            "phases": [{"name": "prefill", "max_tokens": 1},
-                       {"name": "decode", "max_tokens": DECODE}]}  # fmt: skip
+    spec = decode_spec(model_dir, {**ENGINE, "enforce_eager": True, "enable_prefix_caching": False},
+                       batch=BATCH, decode=DECODE, spread=1.2, skew=0.1,
+                       probe="tests.vllm_gpu.route_probe")  # fmt: skip
     proc, on = run_in_subprocess(spec, tmp_path / "on", "on")
     assert on is not None, f"{family}: engine failed\n{(proc.stdout + proc.stderr)[-6000:]}"
     calls = on["phases"][1]["probe"]
