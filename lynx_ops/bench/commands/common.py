@@ -84,11 +84,47 @@ def lynx_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+CONTROLLED_SCHEDULER = "lynx_ops.integration.scheduler.LynxAsyncScheduler"
+
+
+def add_controller_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--controller-file", default=None, metavar="FILE",
+                        help="the Lynx side runs the TPOT controller with these settings "
+                             "(VLLM_LYNX_CONTROLLER_FILE, with Lynx's scheduler; docs/CONTROLLER.md); "
+                             "needs --policy-file with a budget policy")  # fmt: skip
+
+
+def controller_side(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
+    """The Lynx side's extra environment and `vllm serve` arguments for --controller-file,
+    checked now, before any server starts; ({}, []) without it."""
+    path = getattr(args, "controller_file", None)
+    if not path:
+        return {}, []
+    from lynx_ops.controller import ControllerConfig, ControllerError
+
+    if not getattr(args, "policy_file", None):
+        raise SystemExit("--controller-file turns a budget policy's K: give --policy-file too")
+    try:
+        raw = json.loads(Path(path).read_text())
+        if not isinstance(raw, dict):
+            raise ControllerError("expected a JSON object")
+        ControllerConfig.from_dict(raw)
+    except (OSError, ValueError, TypeError) as e:
+        raise SystemExit(f"--controller-file {path}: {e}") from None
+    env = {"VLLM_LYNX_CONTROLLER_FILE": str(Path(path).resolve())}
+    return env, [f"--scheduler-cls={CONTROLLED_SCHEDULER}"]
+
+
 def policy_label(args: argparse.Namespace) -> str:
     """What the Lynx side ran with, for every result row."""
     if not getattr(args, "policy_file", None):
         return "family default"
-    return json.dumps(json.loads(Path(args.policy_file).read_text())["policies"])
+    label = json.dumps(json.loads(Path(args.policy_file).read_text())["policies"])
+    if getattr(args, "controller_file", None):
+        label += " + TPOT controller " + json.dumps(
+            json.loads(Path(args.controller_file).read_text())
+        )
+    return label
 
 
 def add_router_args(parser: argparse.ArgumentParser) -> None:

@@ -8,9 +8,11 @@ import argparse
 import json
 
 from lynx_ops.bench.commands.common import (
+    add_controller_arg,
     add_policy_arg,
     add_router_args,
     add_source_args,
+    controller_side,
     lynx_env,
     policy_label,
     serve_setup,
@@ -24,6 +26,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     add_source_args(parser, "CPU smoke tests only")
     add_router_args(parser)
     add_policy_arg(parser)
+    add_controller_arg(parser)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 16, 32, 64, 128],
                         help="closed-loop points: at most C requests in flight")  # fmt: skip
     parser.add_argument("--request-rates", type=float, nargs="*", default=[],
@@ -70,14 +73,15 @@ def main(args: argparse.Namespace) -> int:
     print("TPOT SLOs (declared before the run): "
           + ", ".join([f"{m:g}x stock's single-request TPOT" for m in args.slo_multipliers]
                       + [f"{v:g} ms" for v in args.slo_ms]), flush=True)  # fmt: skip
-    sides = [("stock", {}), ("lynx", lynx_env(args))]
+    control_env, control_args = controller_side(args)  # only the Lynx side runs Lynx's scheduler
+    sides = [("stock", {}, []), ("lynx", {**lynx_env(args), **control_env}, control_args)]
     if args.stock_again:
-        sides.append(("stock_again", {}))
+        sides.append(("stock_again", {}, []))
     runs = {}
-    for label, env in sides:
+    for label, env, extra in sides:
         side_dir = work / label
         side_dir.mkdir()
-        runs[label] = online.run_side(label, model, serve_args, env, spec, side_dir,
+        runs[label] = online.run_side(label, model, serve_args + extra, env, spec, side_dir,
                                       log=lambda m: print(m, flush=True))  # fmt: skip
     slos = spec["slo_ms"]
     rows = [r for res in runs.values() for r in res["rows"]]
