@@ -226,9 +226,9 @@ def _policy_impls(check, reference, cpu_fast, launcher_name):
 
     def cuda(*args):
         check(*args)
-        from lynx_ops.kernels import policies  # lazy: keeps `import lynx_ops` Triton-free
+        if packed_keys_fit(*args[0].shape):
+            from lynx_ops.kernels import policies  # lazy: keeps `import lynx_ops` Triton-free
 
-        if policies.fits(*args[0].shape):
             return getattr(policies, launcher_name)(*args)
         return _run_ref(reference, args)
 

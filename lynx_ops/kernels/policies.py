@@ -37,9 +37,9 @@ from lynx_ops.kernels.remap import (
     _final_kernel,
     _final_rows,
     _load_block,
-    _num_valid,
     _score_key,
     _sortable,
+    _split_rows,
     _store_touched,
     _sum_partials,
     _whole_batch,
@@ -52,7 +52,6 @@ from lynx_ops.routing import (
     BatchScore,
     Scoring,
     WeightRule,
-    packed_keys_fit,
 )
 
 
@@ -149,14 +148,9 @@ def _keep_partial_kernel(
     EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
     """keep_k0 split, launch 1 of 2: this block's kept set into kept[pid]."""
-    pid = tl.program_id(0)
-    n = _num_valid(n_ptr, T)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_E)
-    valid = rows < n
-    x, s, allowed, d, q, vanilla = _load_block(
-        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-        rows, valid, cols, cols < E, group_size, 1.0, K, 1, SCORING, GROUPED, EPS,
+    pid, rows, valid, cols, x, s, allowed, d, q, vanilla = _split_rows(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, 1.0,
+        K, 1, SCORING, GROUPED, EPS, BLOCK_T, BLOCK_E,
     )  # fmt: skip
     kept = _keep_set(s, allowed, vanilla, valid, cols, K0)
     tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
@@ -198,14 +192,9 @@ def _budget_partial_kernel(
 ):  # fmt: skip
     """budget split, launch 1 of 2: this block's union, forced top-1s and batch score into
     parts[0..2][pid]."""
-    pid = tl.program_id(0)
-    n = _num_valid(n_ptr, T)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_E)
-    valid = rows < n
-    x, s, allowed, d, q, vanilla = _load_block(
-        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-        rows, valid, cols, cols < E, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
+    pid, rows, valid, cols, x, s, allowed, d, q, vanilla = _split_rows(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, alpha,
+        K, BETA, SCORING, GROUPED, EPS, BLOCK_T, BLOCK_E,
     )  # fmt: skip
     in_union, forced, score = _budget_parts(s, q, vanilla, valid, cols, BETA, HIST)
     plane = P * BLOCK_E
@@ -242,11 +231,6 @@ def _budget_final_kernel(
     )  # fmt: skip
 
 
-def fits(num_rows: int, num_experts: int) -> bool:
-    """Whether the kernels take this batch (the packed keys' bounds, as for bins)."""
-    return packed_keys_fit(num_rows, num_experts)
-
-
 def _common(scores, topk_weights, topk_ids, config):
     num_rows, num_experts = scores.shape
     out_w = topk_weights.new_empty(topk_weights.shape)
@@ -262,7 +246,8 @@ def _common(scores, topk_weights, topk_ids, config):
 
 def keep_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, scoring,
                 weight_rule, scale, num_expert_group, config: LaunchConfig | None = None):  # fmt: skip
-    """Launch the keep_k0 kernels; inputs validated by the op, `fits()` checked by the caller.
+    """Launch the keep_k0 kernels; inputs validated by the op, the packed keys' bounds
+    (routing.packed_keys_fit) checked by the caller.
     `config` overrides the launch shape (tests exercise both paths with it)."""
     num_rows, num_experts = scores.shape
     out_w, out_ids, touched, cfg, args, meta = _common(scores, topk_weights, topk_ids, config)
@@ -303,7 +288,8 @@ def keep_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, 
 def budget_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, budget, fraction,
                   batch_score, alpha, beta, scoring, weight_rule, scale, num_expert_group,
                   config: LaunchConfig | None = None):  # fmt: skip
-    """Launch the budget kernels; inputs validated by the op, `fits()` checked by the caller.
+    """Launch the budget kernels; inputs validated by the op, the packed keys' bounds
+    (routing.packed_keys_fit) checked by the caller.
     `config` overrides the launch shape (tests exercise both paths with it)."""
     num_rows, num_experts = scores.shape
     out_w, out_ids, touched, cfg, args, meta = _common(scores, topk_weights, topk_ids, config)

@@ -330,13 +330,13 @@ def _fused_kernel(
 
 
 @triton.jit
-def _hist_kernel(
-    x_ptr, sx_t, sx_e, id_ptr, si_t, si_k, n_ptr, bias_ptr, hist_ptr, counter_ptr,
-    T, E, alpha, group_size,
+def _split_rows(
+    x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, alpha,
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
     EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
-    """Launch 1 of 3: this block's packed histogram into hist[pid]."""
+    """This program's block of valid rows in a split launch, loaded (padding rows masked out):
+    (pid, rows, valid, cols) and `_load_block`'s (x, s, allowed, d, q, vanilla)."""
     pid = tl.program_id(0)
     n = _num_valid(n_ptr, T)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -345,6 +345,21 @@ def _hist_kernel(
     x, s, allowed, d, q, vanilla = _load_block(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, valid, cols, cols < E, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
+    )  # fmt: skip
+    return pid, rows, valid, cols, x, s, allowed, d, q, vanilla
+
+
+@triton.jit
+def _hist_kernel(
+    x_ptr, sx_t, sx_e, id_ptr, si_t, si_k, n_ptr, bias_ptr, hist_ptr, counter_ptr,
+    T, E, alpha, group_size,
+    K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
+    EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+):  # fmt: skip
+    """Launch 1 of 3: this block's packed histogram into hist[pid]."""
+    pid, rows, valid, cols, x, s, allowed, d, q, vanilla = _split_rows(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, alpha,
+        K, BETA, SCORING, GROUPED, EPS, BLOCK_T, BLOCK_E,
     )  # fmt: skip
     tl.store(hist_ptr + pid * BLOCK_E + cols, _block_hist(q, valid, BETA))
     if pid == 0:  # launch 3 counts finished blocks here; launches on one stream run in order
@@ -360,16 +375,11 @@ def _vote_kernel(
     BLOCK_K: tl.constexpr, VARIANT: tl.constexpr,
 ):  # fmt: skip
     """Launch 2 of 3: batch histogram, this block's votes, its kept set into kept[pid]."""
-    pid = tl.program_id(0)
-    n = _num_valid(n_ptr, T)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_E)
-    valid = rows < n
-    hist = _sum_partials(hist_ptr, P, cols, BLOCK_E, CHUNK, False)
-    x, s, allowed, d, q, vanilla = _load_block(
-        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-        rows, valid, cols, cols < E, group_size, alpha, K, BETA, SCORING, GROUPED, EPS,
+    pid, rows, valid, cols, x, s, allowed, d, q, vanilla = _split_rows(
+        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, alpha,
+        K, BETA, SCORING, GROUPED, EPS, BLOCK_T, BLOCK_E,
     )  # fmt: skip
+    hist = _sum_partials(hist_ptr, P, cols, BLOCK_E, CHUNK, False)
     kept = _block_kept(d, q, allowed, vanilla, hist, valid, cols, cols < E, K, BETA, VARIANT,
                        BLOCK_K)  # fmt: skip
     tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
