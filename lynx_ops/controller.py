@@ -21,8 +21,10 @@ The rule, least aggressive first:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -90,6 +92,21 @@ class ControllerConfig:
         if any(len(pair) != 2 for pair in values["floors"]):
             raise ControllerError(f"floors={raw.get('floors')!r}: each entry is [batch, K]")
         return cls(**values)
+
+
+def load_config(path: str | Path) -> ControllerConfig:
+    """A controller file (a JSON object of ControllerConfig's fields); ControllerError names the
+    file and what is wrong."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ControllerError(f"{path}: cannot be read as JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ControllerError(f"{path}: expected a JSON object")
+    try:
+        return ControllerConfig.from_dict(raw)
+    except (ControllerError, TypeError) as e:
+        raise ControllerError(f"{path}: {e}") from None
 
 
 class TpotController:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from lynx_ops import envs
-from lynx_ops.controller import ControllerConfig, ControllerError, TpotController
+from lynx_ops.controller import ControllerConfig, ControllerError, TpotController, load_config
 
 logger = logging.getLogger("lynx_ops")
 SUMMARY_INTERVAL_S = 60.0
@@ -37,23 +36,14 @@ class ControllerSetupError(RuntimeError):
 
 
 def _load_config() -> ControllerConfig:
-    import json
-
     path = envs.VLLM_LYNX_CONTROLLER_FILE
     if not path:
         raise ControllerSetupError("Lynx's scheduler needs VLLM_LYNX_CONTROLLER_FILE (a JSON "
                                    "file: target_ms, ladder, ...; docs/CONTROLLER.md)")  # fmt: skip
     try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ControllerSetupError(f"VLLM_LYNX_CONTROLLER_FILE={path}: cannot be read as JSON "
-                                   f"({e})") from None  # fmt: skip
-    if not isinstance(raw, dict):
-        raise ControllerSetupError(f"VLLM_LYNX_CONTROLLER_FILE={path}: expected a JSON object")
-    try:
-        return ControllerConfig.from_dict(raw)
-    except (ControllerError, TypeError) as e:
-        raise ControllerSetupError(f"VLLM_LYNX_CONTROLLER_FILE={path}: {e}") from None
+        return load_config(path)
+    except ControllerError as e:
+        raise ControllerSetupError(f"VLLM_LYNX_CONTROLLER_FILE={e}") from None
 
 
 def _budget_scalars() -> list:

@@ -100,17 +100,14 @@ def controller_side(args: argparse.Namespace) -> tuple[dict[str, str], list[str]
     path = getattr(args, "controller_file", None)
     if not path:
         return {}, []
-    from lynx_ops.controller import ControllerConfig, ControllerError
+    from lynx_ops.controller import ControllerError, load_config
 
     if not getattr(args, "policy_file", None):
         raise SystemExit("--controller-file turns a budget policy's K: give --policy-file too")
     try:
-        raw = json.loads(Path(path).read_text())
-        if not isinstance(raw, dict):
-            raise ControllerError("expected a JSON object")
-        ControllerConfig.from_dict(raw)
-    except (OSError, ValueError, TypeError) as e:
-        raise SystemExit(f"--controller-file {path}: {e}") from None
+        load_config(path)
+    except ControllerError as e:
+        raise SystemExit(f"--controller-file {e}") from None
     env = {"VLLM_LYNX_CONTROLLER_FILE": str(Path(path).resolve())}
     return env, [f"--scheduler-cls={CONTROLLED_SCHEDULER}"]
 
