@@ -16,13 +16,19 @@
 #   soak:SHAPE      lynx-bench soak: flag off, then on, LYNX_SOAK_MINUTES (default 10) each of
 #                   mixed traffic, vllm bench serve, cut streams and malformed requests
 #   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
-#                   (default bins; also budget, keep_k0)
+#                   (default bins; also budget, keep_k0), each cut at LYNX_KERNEL_TIMEOUT s (300)
 #   kernel-sweep    perf/bench_kernel.py --sweep: every launch shape and selection variant
 #                   (LYNX_SWEEP_SHAPES: name prefixes; LYNX_SWEEP_BATCHES, default 1 8 32 64 256)
 #   cuda-tests      pytest -m cuda (the op's CUDA tier)
 #   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
 #                   two-GPU tests skip on one GPU)
 #   main-job        python -m lynx_ops.demo (the README's main job, on the GPU)
+#   train-proxy     scripts/train_embedded_model.py --arch qwen3-proxy on .cache/proxy_corpus.jsonl.xz
+#                   (LYNX_TRAIN_MINUTES, default 11), then its router profile; the checkpoint is
+#                   under $RES/train-proxy/model (`bash scripts/gpu.sh model train-proxy` copies it
+#                   into $OUT: results.tgz leaves weights out)
+# A stage written STAGE& runs in the background beside the next ones; `join` waits for it (run
+# a correctness stage beside a training one, never a timed one).
 # Knobs: LYNX_GPU_TESTS (the vllm-gpu-tests paths, default tests/vllm_gpu), LYNX_LAYERS_<shape> (depth), LYNX_ROUTER (preset, default calibrated), LYNX_OFFLINE_EXTRA
 # (more `lynx-bench offline` arguments, split on spaces with no quoting, so JSON values without
 # spaces; e.g. FP8 experts: --engine-arg quantization=online
@@ -82,13 +88,19 @@ stage() {
         --concurrency 16 --max-input 1024 --max-output 256 \
         --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 --out "$dir" ;;
     kernel) mkdir -p "$dir" && for pol in ${LYNX_KERNEL_POLICIES:-bins}; do
-        python3 perf/bench_kernel.py --policy "$pol" --out "$dir/kernel_latency_$pol.csv"; done ;;
+        timeout "${LYNX_KERNEL_TIMEOUT:-300}" python3 perf/bench_kernel.py --policy "$pol" \
+          --out "$dir/kernel_latency_$pol.csv"; done ;;  # bounded: an untimed kernel can be slow
     kernel-sweep) mkdir -p "$dir" && python3 perf/bench_kernel.py --sweep \
         ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --batches ${LYNX_SWEEP_BATCHES:-1 8 32 64 256} --out "$dir/kernel_sweep.csv" ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -v --tb=short -rfE -p no:cacheprovider ;;  # -v: a cut run still names its failures
     vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest ${LYNX_GPU_TESTS:-tests/vllm_gpu} \
         -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
     main-job) mkdir -p "$dir" && python3 -m lynx_ops.demo ;;
+    train-proxy) mkdir -p "$dir" && python3 scripts/train_embedded_model.py --arch qwen3-proxy \
+        --corpus proxy --corpus-archive .cache/proxy_corpus.jsonl.xz \
+        --minutes "${LYNX_TRAIN_MINUTES:-11}" --out "$dir/model" &&
+      python3 scripts/export_router_stats.py --model "$dir/model" \
+        --corpus-archive .cache/proxy_corpus.jsonl.xz --out "$dir/router_profile.json" ;;
     *) echo "unknown stage $name" ;;
   esac > "$RES/${1/:/_}.log" 2>&1
   echo "$(date +%T) $name exit $?" >> "$RES/stages"
@@ -103,7 +115,9 @@ start)
   export PYTHONPATH="/tmp/lynx-site:$REPO" LYNX_GIT_SHA="${LYNX_GIT_SHA:-}"
   export -f stage layers_of ceilings_of
   export RES
-  setsid nohup bash -c 'for s in "$@"; do stage "$s"; done; echo "$(date +%T) all done" >> "$RES/stages"' \
+  setsid nohup bash -c 'for s in "$@"; do case "$s" in
+      join) wait ;; *"&") stage "${s%&}" & ;; *) stage "$s" ;; esac; done
+    wait; echo "$(date +%T) all done" >> "$RES/stages"' \
     _ "$@" > "$RES/chain.log" 2>&1 < /dev/null &
   echo "started: $*"; cat "$RES/gpu.txt"
   ;;
@@ -118,6 +132,9 @@ wait)
     tar czf "$OUT/results.tgz" -C "$RES" --exclude='model' --exclude='*.safetensors' \
       --exclude='tokenizer.json' . 2>/dev/null && echo "partial results: $OUT/results.tgz"
   fi
+  ;;
+model)  # a trained checkpoint's files into $OUT, one file each (weights stay out of results.tgz)
+  OUT="${OUT:?}"; cp -v "$RES/${2:?stage}/model/"* "$OUT/" && ls -la "$OUT"
   ;;
 collect)
   OUT="${OUT:?}"

@@ -1,7 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Train the embedded default model: a small Qwen3-MoE on the Python standard library's sources.
+"""Train the embedded default model (a small Qwen3-MoE on the Python standard library's sources) or
+the Qwen3-shaped proxy (128 experts, top-8, on the larger `proxy` corpus).
 
     python scripts/train_embedded_model.py --minutes 12 --out lynx_ops/embedded/model
+    python scripts/train_embedded_model.py --arch qwen3-proxy --corpus proxy --minutes 11 \
+        [--corpus-archive proxy_train.jsonl.xz] --out DIR
+
+The proxy's archive comes from `lynx_ops.embedded.corpus.write_archive(F, "proxy")` on a
+machine set up from the lock, for a GPU host that lacks those packages.
 
 Reproducible: fixed seed, the corpus split of lynx_ops/embedded/corpus.py (held-out files are kept
 out of the tokenizer and the model), and everything recorded in `training.json` beside the weights
@@ -35,6 +41,12 @@ ARCH = dict(
     tie_word_embeddings=True, router_aux_loss_coef=0.01, output_router_logits=False,
     bos_token_id=1, eos_token_id=0, pad_token_id=0,
 )  # fmt: skip
+# The Qwen3-30B-A3B router shape (128 experts, top-8, renormalised) at a size that trains in minutes
+# and stays under 16 MiB in bf16: 4 layers, hidden 128, expert width 32.
+PROXY_ARCH = {**ARCH, "hidden_size": 128, "intermediate_size": 384, "moe_intermediate_size": 32,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+              "num_experts": 128, "num_experts_per_tok": 8}  # fmt: skip
+ARCHS = {"embedded": ARCH, "qwen3-proxy": PROXY_ARCH}
 SPECIAL = ["<|endoftext|>", "<|bos|>"]
 
 
@@ -59,6 +71,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="embedded")
+    ap.add_argument("--corpus", choices=corpus.SOURCES, default="stdlib")
+    ap.add_argument("--corpus-archive", help="read the corpus from this xz archive "
+                    "(corpus.write_archive) instead of this machine's files")  # fmt: skip
     ap.add_argument(
         "--eval-every",
         type=int,
@@ -79,20 +95,22 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t_start = time.perf_counter()
-    train_files, heldout_files = corpus.files("train"), corpus.files("heldout")
-    train_texts = [p.read_text(encoding="utf-8", errors="replace") for p in train_files]
-    tok = train_tokenizer(train_texts, ARCH["vocab_size"])
+    arch = ARCHS[args.arch]
+    train_docs = corpus.documents("train", args.corpus, args.corpus_archive)
+    heldout_docs = corpus.documents("heldout", args.corpus, args.corpus_archive)
+    train_texts = [t for _, t in train_docs]
+    tok = train_tokenizer(train_texts, arch["vocab_size"])
     eos = tok.token_to_id("<|endoftext|>")
     ids: list[int] = []
-    for text in train_texts:
-        ids.extend(tok.encode(text).ids + [eos])
+    for enc in tok.encode_batch(train_texts):
+        ids.extend(enc.ids + [eos])
     data = torch.tensor(ids, dtype=torch.long)
-    print(f"corpus: {len(train_files)} train files ({len(data)} tokens), "
-          f"{len(heldout_files)} held out; tokenizer in {time.perf_counter() - t_start:.0f} s",
+    print(f"corpus {args.corpus}: {len(train_docs)} train documents ({len(data)} tokens), "
+          f"{len(heldout_docs)} held out; tokenizer in {time.perf_counter() - t_start:.0f} s",
           flush=True)  # fmt: skip
 
-    heldout = token_windows(tok, heldout_files, eos, args.seq_len).to(device)
-    config = Qwen3MoeConfig(**ARCH)
+    heldout = token_windows(tok, [t for _, t in heldout_docs], eos, args.seq_len).to(device)
+    config = Qwen3MoeConfig(**arch)
     model = Qwen3MoeForCausalLM(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     budget_s = args.minutes * 60
@@ -150,11 +168,12 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "seed": args.seed, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "architecture": ARCH,
-        "corpus": {"root": "stdlib of the training Python", "train_files": len(train_files),
-                   "heldout_files": len(heldout_files), "train_tokens": len(data),
-                   "train_fingerprint": corpus.fingerprint(train_files),
-                   "heldout_fingerprint": corpus.fingerprint(heldout_files),
+        "transformers": transformers.__version__, "arch": args.arch, "architecture": arch,
+        "corpus": {"name": args.corpus, "archive": args.corpus_archive,
+                   "train_files": len(train_docs), "heldout_files": len(heldout_docs),
+                   "train_tokens": len(data),
+                   "train_fingerprint": corpus.fingerprint_documents(train_docs),
+                   "heldout_fingerprint": corpus.fingerprint_documents(heldout_docs),
                    "heldout_every": corpus.HELD_OUT_EVERY},
         "steps": step, "seq_len": args.seq_len, "batch": args.batch, "lr": args.lr,
         "minutes": round((time.perf_counter() - t0) / 60, 2),
@@ -167,11 +186,11 @@ def main() -> None:
     print(f"saved {out_dir} ({size:.1f} MiB) after {step} steps", flush=True)
 
 
-def token_windows(tok, files, eos: int, seq_len: int, max_windows: int = 64) -> torch.Tensor:
-    """Up to `max_windows` consecutive seq_len-token windows of the given files, in file order."""
+def token_windows(tok, texts, eos: int, seq_len: int, max_windows: int = 64) -> torch.Tensor:
+    """Up to `max_windows` consecutive seq_len-token windows of the given texts, in order."""
     ids: list[int] = []
-    for path in files:
-        ids.extend(tok.encode(path.read_text(encoding="utf-8", errors="replace")).ids + [eos])
+    for text in texts:
+        ids.extend(tok.encode(text).ids + [eos])
         if len(ids) >= seq_len * max_windows:
             break
     n = min(len(ids) // seq_len, max_windows)
@@ -200,9 +219,11 @@ def evaluate_checkpoint(model_dir: Path) -> None:
     record_path = model_dir / "training.json"
     record = json.loads(record_path.read_text())
     seq_len = record.get("seq_len", 256)
+    source = record.get("corpus", {}).get("name", "stdlib")
     result = {}
     for split in ("heldout", "train"):
-        windows = token_windows(tok.backend_tokenizer, corpus.files(split), eos, seq_len)
+        texts = [t for _, t in corpus.documents(split, source)]
+        windows = token_windows(tok.backend_tokenizer, texts, eos, seq_len)
         result[split] = round(mean_loss(model, windows, "cpu"), 4)
         print(f"{split}: {windows.numel()} tokens, loss {result[split]:.3f}", flush=True)
     record["evaluation"] = {

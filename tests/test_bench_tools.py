@@ -358,7 +358,8 @@ def test_window_sets_are_disjoint_and_each_batch_spreads_over_documents(monkeypa
     # five documents of 3, 1, 4, 2 and 3 windows of 10 tokens (token = 1000 * doc + position)
     sizes = [3, 1, 4, 2, 3]
     texts = [" ".join(str(1000 * d + i) for i in range(10 * n + 1)) for d, n in enumerate(sizes)]
-    monkeypatch.setattr(corpus, "texts", lambda split: texts)
+    monkeypatch.setattr(corpus, "documents",
+                        lambda split, source: [(f"d{i}", t) for i, t in enumerate(texts)])  # fmt: skip
     tok = type("Tok", (), {"encode": staticmethod(lambda t: [int(w) for w in t.split()])})()
     sets = [fidelity.windows(tok, 4, 10, s) for s in range(3)]
     first, sources = sets[0]

@@ -65,9 +65,10 @@ class TeacherForcing(LogitsProcessor):
         return logits
 
 
-def windows(tokenizer, count: int, length: int, window_set: int = 0
+def windows(tokenizer, count: int, length: int, window_set: int = 0, source: str = "stdlib"
             ) -> tuple[list[list[int]], list[int]]:  # fmt: skip
-    """`count` token windows of `length` from the held-out files, one per file first: the first
+    """`count` token windows of `length` from the held-out documents of corpus `source` (the
+    model's own, corpus.of_model), one per file first: the first
     window of every file, then the second of every file, and so on, with the index of the file
     each came from. Windows of one file share experts far more than independent requests do, so
     a batch of consecutive windows of one file would overstate the reduction; up to the number of
@@ -77,7 +78,7 @@ def windows(tokenizer, count: int, length: int, window_set: int = 0
     from lynx_ops.embedded import corpus
 
     per_file = []
-    for text in corpus.texts("heldout"):
+    for _, text in corpus.documents("heldout", source):
         ids = tokenizer.encode(text)
         per_file.append([ids[s : s + length] for s in range(0, len(ids) - length, length)])
     order = [(wins[rank], file_index)
@@ -94,18 +95,20 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM
 
     from lynx_ops import plugin
+    from lynx_ops.embedded import corpus
 
+    source = corpus.of_model(spec["model"])
     llm = LLM(model=spec["model"], seed=0, logprobs_mode="raw_logprobs",
               logits_processors=[TeacherForcing], **spec.get("engine", {}))  # fmt: skip
     lynx = plugin.is_installed()
     tok = llm.get_tokenizer()
     p_len, f_len = spec["prompt_len"], spec["forced_len"]
-    result: dict[str, Any] = {"lynx": lynx, "rows": []}
+    result: dict[str, Any] = {"lynx": lynx, "corpus": source, "rows": []}
     if spec.get("timed"):  # warm-up first, then timed greedy decode (main job)
-        pool, _ = windows(tok, max(spec["batches"]), p_len + f_len)
+        pool, _ = windows(tok, max(spec["batches"]), p_len + f_len, source=source)
         result["timed"] = _timed(llm, pool, p_len, spec["timed"], lynx)
     for window_set in range(spec.get("window_sets", 1)):
-        pool, sources = windows(tok, max(spec["batches"]), p_len + f_len, window_set)
+        pool, sources = windows(tok, max(spec["batches"]), p_len + f_len, window_set, source)
         for batch in spec["batches"]:
             result["rows"].append(_score_batch(llm, pool[:batch], sources[:batch], spec, lynx))
             result["rows"][-1]["window_set"] = window_set
