@@ -77,6 +77,10 @@ def _install() -> None:
         from lynx_ops.integration import cpu_routing
 
         cpu_routing.install()
+    if lynx_envs.VLLM_LYNX_CONTROLLER_FILE:
+        from lynx_ops.integration import budget_sync
+
+        budget_sync.install()  # each rank applies the scheduler's K before its step's forward
     if lynx_envs.VLLM_LYNX_METRICS_INTERVAL > 0:
         from lynx_ops.integration import metrics
 

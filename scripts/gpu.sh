@@ -19,7 +19,7 @@
 #                   (default bins; also budget, keep_k0), each cut at LYNX_KERNEL_TIMEOUT s (300)
 #   kernel-sweep    perf/bench_kernel.py --sweep: every launch shape and selection variant
 #                   (LYNX_SWEEP_SHAPES: name prefixes; LYNX_SWEEP_BATCHES, default 1 8 32 64 256)
-#   cuda-tests      pytest -m cuda (the op's CUDA tier)
+#   cuda-tests      pytest -m cuda (the op's CUDA tier; LYNX_CUDA_TESTS picks files, default tests)
 #   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
 #                   two-GPU tests skip on one GPU)
 #   main-job        python -m lynx_ops.demo (the README's main job, on the GPU)
@@ -92,7 +92,8 @@ stage() {
           --out "$dir/kernel_latency_$pol.csv"; done ;;  # bounded: an untimed kernel can be slow
     kernel-sweep) mkdir -p "$dir" && python3 perf/bench_kernel.py --sweep \
         ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --batches ${LYNX_SWEEP_BATCHES:-1 8 32 64 256} --out "$dir/kernel_sweep.csv" ;;
-    cuda-tests) mkdir -p "$dir" && python3 -m pytest tests -m cuda -v --tb=short -rfE -p no:cacheprovider ;;  # -v: a cut run still names its failures
+    cuda-tests) mkdir -p "$dir" && python3 -m pytest ${LYNX_CUDA_TESTS:-tests} -m cuda -v --tb=short -rfE \
+        -p no:cacheprovider ;;  # -v: a cut run still names its failures
     vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest ${LYNX_GPU_TESTS:-tests/vllm_gpu} \
         -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
     main-job) mkdir -p "$dir" && python3 -m lynx_ops.demo ;;

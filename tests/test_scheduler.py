@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Lynx's scheduler without an engine: what counts as a decode step, and the startup refusals
-(each names the problem) for a missing or bad controller file, parallel engines, a flag left
-unset and layers without a budget policy. The engine itself: tests/vllm_cpu/test_controller_engine.py."""
+"""Lynx's scheduler and its worker half (budget_sync) without an engine: what counts as a decode
+step, the K each scheduled step carries and each rank applies, and the startup refusals (each
+names the problem) for a missing or bad controller file, data parallelism, a flag left unset, a
+controller file without Lynx's scheduler and layers without a budget policy. The engine itself:
+tests/vllm_cpu/test_controller_engine.py (one worker and tensor parallel)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from lynx_ops.integration import scheduler
+from lynx_ops import plugin
+from lynx_ops.integration import budget_sync, scheduler
+from lynx_ops.integration.budget_sync import ControllerSetupError
 from lynx_ops.integration.layer_state import LAYERS
 
 
@@ -27,9 +31,18 @@ def test_decode_steps():
     assert not scheduler._is_decode(_output({}))
 
 
+class _BaseScheduler:
+    def schedule(self):
+        return SimpleNamespace()
+
+
+class _Fake(scheduler._Controlled, _BaseScheduler):
+    pass
+
+
 def _fake(tp=1, pp=1, dp=1):
     par = SimpleNamespace(tensor_parallel_size=tp, pipeline_parallel_size=pp, data_parallel_size=dp)
-    fake = scheduler._Controlled()
+    fake = _Fake()
     fake.vllm_config = SimpleNamespace(parallel_config=par)
     return fake
 
@@ -40,34 +53,53 @@ def controller_file(tmp_path, monkeypatch):
     path.write_text(json.dumps({"target_ms": 12, "ladder": [64, 32]}))
     monkeypatch.setenv("VLLM_LYNX_ENABLED", "1")
     monkeypatch.setenv("VLLM_LYNX_CONTROLLER_FILE", str(path))
+    monkeypatch.setitem(plugin._STATE, "installed", True)
     LAYERS.clear()
+    budget_sync._APPLIED["k"] = None
     yield path
     LAYERS.clear()
+    budget_sync._APPLIED["k"] = None
 
 
 def test_refusals_name_the_problem(controller_file, monkeypatch):
-    with pytest.raises(scheduler.ControllerSetupError, match="tensor_parallel_size': 2"):
-        _fake(tp=2)._lynx_setup()
-    with pytest.raises(scheduler.ControllerSetupError, match="covers no layer"):
+    with pytest.raises(ControllerSetupError, match="data_parallel_size=2"):
+        _fake(dp=2)._lynx_setup()
+    _fake(tp=2, pp=2)._lynx_setup()  # ranks agree through the scheduler output (budget_sync)
+    monkeypatch.setitem(plugin._STATE, "installed", False)
+    with pytest.raises(ControllerSetupError, match="plugin did not install"):
         _fake()._lynx_setup()
-    LAYERS["model.layers.0.mlp"] = SimpleNamespace(budget=None, policy=SimpleNamespace(kind="bins"))
-    with pytest.raises(scheduler.ControllerSetupError, match=r"run \['bins'\]"):
-        _fake()._lynx_setup()
+    monkeypatch.setitem(plugin._STATE, "installed", True)
     controller_file.write_text(json.dumps({"target_ms": 12, "ladder": [32, 64]}))
-    with pytest.raises(scheduler.ControllerSetupError, match="strictly decreasing"):
+    with pytest.raises(ControllerSetupError, match="strictly decreasing"):
         _fake()._lynx_setup()
     controller_file.write_text("{not json")
-    with pytest.raises(scheduler.ControllerSetupError, match="cannot be read as JSON"):
+    with pytest.raises(ControllerSetupError, match="cannot be read as JSON"):
         _fake()._lynx_setup()
     monkeypatch.delenv("VLLM_LYNX_CONTROLLER_FILE")
-    with pytest.raises(scheduler.ControllerSetupError, match="needs VLLM_LYNX_CONTROLLER_FILE"):
+    with pytest.raises(ControllerSetupError, match="needs VLLM_LYNX_CONTROLLER_FILE"):
         _fake()._lynx_setup()
     monkeypatch.setenv("VLLM_LYNX_ENABLED", "0")
-    with pytest.raises(scheduler.ControllerSetupError, match="VLLM_LYNX_ENABLED is not set"):
+    with pytest.raises(ControllerSetupError, match="VLLM_LYNX_ENABLED is not set"):
         _fake()._lynx_setup()
 
 
-def test_setup_writes_the_top_k_and_steps_move_it(controller_file):
+def test_worker_startup_checks_name_the_problem(controller_file):
+    with pytest.raises(ControllerSetupError, match="covers no layer"):
+        budget_sync.check_layers()
+    LAYERS["model.layers.0.mlp"] = SimpleNamespace(budget=None, policy=SimpleNamespace(kind="bins"))
+    with pytest.raises(ControllerSetupError, match=r"run \['bins'\]"):
+        budget_sync.check_layers()
+
+    def config(cls):
+        return SimpleNamespace(scheduler_config=SimpleNamespace(scheduler_cls=cls))
+
+    budget_sync.check_scheduler(config("lynx_ops.integration.scheduler.LynxAsyncScheduler"))
+    budget_sync.check_scheduler(config(scheduler.LynxScheduler))
+    with pytest.raises(ControllerSetupError, match="scheduler is vllm.v1.core.sched.scheduler.Sch"):
+        budget_sync.check_scheduler(config(scheduler.Scheduler))
+
+
+def test_scheduled_steps_carry_k_and_each_rank_applies_it(controller_file):
     import torch
 
     scalars = [torch.full((1,), 5, dtype=torch.int32) for _ in range(2)]
@@ -75,14 +107,27 @@ def test_setup_writes_the_top_k_and_steps_move_it(controller_file):
         LAYERS[f"model.layers.{i}.mlp"] = SimpleNamespace(
             budget=s, policy=SimpleNamespace(kind="budget")
         )
+    assert budget_sync.check_layers() == 2
     fake = _fake()
     fake._lynx_setup()
-    assert [int(s) for s in scalars] == [64, 64]
+    first = fake.schedule()
+    assert first.lynx_budget == 64  # the ladder's top until a step is measured
+    assert [int(s) for s in scalars] == [5, 5]  # the scheduler writes nothing itself
+    budget_sync.apply(first)
+    assert [int(s) for s in scalars] == [64, 64] and budget_sync.applied() == 64
     fake._lynx.config = scheduler.ControllerConfig(target_ms=1e-9, ladder=(64, 32), patience=1,
                                                    smoothing=1.0)  # fmt: skip
     decode = _output({"a": 1, "b": 1})
     for _ in range(3):
         fake._lynx_step_done(decode)
+    later = fake.schedule()
+    assert later.lynx_budget == 32
+    scalars[0].fill_(7)  # applied only where K changed: an unchanged K is not rewritten
+    budget_sync.apply(first)
+    assert int(scalars[0]) == 7
+    budget_sync.apply(later)
+    assert [int(s) for s in scalars] == [32, 32]
+    budget_sync.apply(SimpleNamespace())  # a step from another scheduler carries no K
     assert [int(s) for s in scalars] == [32, 32]
     fake._lynx_step_done(_output({"a": 7}))  # a prefill step breaks the interval
     assert fake._lynx_last is None

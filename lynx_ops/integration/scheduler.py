@@ -9,11 +9,10 @@ budget policy's K between decode steps.
 (`SchedulerConfig.scheduler_cls`); this one changes nothing about what is scheduled. It times
 vLLM's step period (the interval between consecutive `update_from_output` calls of pure-decode
 steps, as the engine core sees them), feeds it to the controller with the step's row count, and
-writes the chosen K into every covered layer's budget scalar, which the kernel reads on the device,
-so captured CUDA graphs replay with the new K. The scalars live in the worker; this first version
-writes them in-process, so it needs the single-worker executor (one GPU, no tensor, pipeline or
-data parallelism) and refuses anything else at startup. With more ranks one decision must reach
-every rank in the same step (docs/CONTROLLER.md).
+attaches the chosen K to every SchedulerOutput it schedules. Each worker rank writes that K into
+its layers' budget scalars before the step's forward (budget_sync.py), which the kernel reads on
+the device, so captured CUDA graphs replay with the new K and every tensor-parallel rank runs the
+same K in the same step. Data parallelism (one scheduler per rank) is refused at startup.
 """
 
 from __future__ import annotations
@@ -26,13 +25,10 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from lynx_ops import envs
 from lynx_ops.controller import ControllerConfig, ControllerError, TpotController, load_config
+from lynx_ops.integration.budget_sync import ATTR, ControllerSetupError
 
 logger = logging.getLogger("lynx_ops")
 SUMMARY_INTERVAL_S = 60.0
-
-
-class ControllerSetupError(RuntimeError):
-    """The controller cannot run in this engine; the message says why and what to change."""
 
 
 def _load_config() -> ControllerConfig:
@@ -44,22 +40,6 @@ def _load_config() -> ControllerConfig:
         return load_config(path)
     except ControllerError as e:
         raise ControllerSetupError(f"VLLM_LYNX_CONTROLLER_FILE={e}") from None
-
-
-def _budget_scalars() -> list:
-    """The budget scalars of every layer Lynx covers in this process (the single worker)."""
-    from lynx_ops.integration.layer_state import LAYERS
-
-    scalars = [state.budget for state in LAYERS.values() if state.budget is not None]
-    if not scalars:
-        kinds = sorted({state.policy.kind for state in LAYERS.values()})
-        raise ControllerSetupError(
-            "the TPOT controller turns the budget policy's K, but "
-            + (f"the covered layers run {kinds}" if kinds else "Lynx covers no layer in this "
-               "process (is VLLM_LYNX_ENABLED=1, and is the executor the single-worker one?)")
-            + "; give the model a budget policy (VLLM_LYNX_CONFIG_FILE, docs/MODELS.md)"
-        )  # fmt: skip
-    return scalars
 
 
 def _is_decode(output) -> bool:
@@ -77,26 +57,28 @@ class _Controlled:
         if not envs.VLLM_LYNX_ENABLED:
             raise ControllerSetupError("Lynx's scheduler was given but VLLM_LYNX_ENABLED is not "
                                        "set: drop --scheduler-cls or enable Lynx")  # fmt: skip
+        from lynx_ops import plugin
+
+        if not plugin.is_installed():  # e.g. another vLLM release: the workers stay stock
+            raise ControllerSetupError("Lynx's scheduler was given but the Lynx plugin did not "
+                                       "install in this vLLM (see its log line above)")  # fmt: skip
         par = self.vllm_config.parallel_config
-        sizes = {"tensor_parallel_size": par.tensor_parallel_size,
-                 "pipeline_parallel_size": par.pipeline_parallel_size,
-                 "data_parallel_size": par.data_parallel_size}  # fmt: skip
-        if any(v != 1 for v in sizes.values()):
-            raise ControllerSetupError(f"the TPOT controller runs with one worker for now; got "
-                                       f"{sizes} (docs/CONTROLLER.md)")  # fmt: skip
+        if par.data_parallel_size != 1:  # one scheduler, and one controller, per DP rank
+            raise ControllerSetupError(
+                f"the TPOT controller needs one scheduler for the whole engine; got "
+                f"data_parallel_size={par.data_parallel_size} (docs/CONTROLLER.md)")  # fmt: skip
         self._lynx = TpotController(_load_config())
-        self._lynx_scalars = _budget_scalars()
         self._lynx_last: float | None = None  # end of the previous decode step
         self._lynx_logged = time.monotonic()
-        self._lynx_apply(self._lynx.budget)
         cfg = self._lynx.config
-        logger.info("[lynx] TPOT controller: target %.3g ms, K ladder %s, floors %s, on %d "
-                    "layers' budget", cfg.target_ms, list(cfg.ladder),
-                    [list(f) for f in cfg.floors] or "none", len(self._lynx_scalars))  # fmt: skip
+        logger.info("[lynx] TPOT controller: target %.3g ms, K ladder %s, floors %s; tensor "
+                    "parallel ranks %d", cfg.target_ms, list(cfg.ladder),
+                    [list(f) for f in cfg.floors] or "none", par.tensor_parallel_size)  # fmt: skip
 
-    def _lynx_apply(self, k: int) -> None:
-        for scalar in self._lynx_scalars:
-            scalar.fill_(k)
+    def schedule(self, *args, **kwargs):
+        output = super().schedule(*args, **kwargs)
+        setattr(output, ATTR, self._lynx.budget)  # every rank applies it (budget_sync.py)
+        return output
 
     def _lynx_step_done(self, output) -> None:
         now = time.monotonic()
@@ -104,10 +86,7 @@ class _Controlled:
             self._lynx_last = None  # a prefill or mixed step: the next interval is not a decode's
             return
         if self._lynx_last is not None:
-            before = self._lynx.budget
-            k = self._lynx.update(len(output.num_scheduled_tokens), (now - self._lynx_last) * 1e3)
-            if k != before:
-                self._lynx_apply(k)
+            self._lynx.update(len(output.num_scheduled_tokens), (now - self._lynx_last) * 1e3)
         self._lynx_last = now
         if now - self._lynx_logged >= SUMMARY_INTERVAL_S:
             self._lynx_logged = now

