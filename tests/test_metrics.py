@@ -24,8 +24,48 @@ def _values(directory):
     out = {}
     for family in metrics.LynxCollector(directory).collect():
         for sample in family.samples:
-            out[(sample.name, sample.labels.get("worker"))] = sample.value
+            if "worker" in sample.labels:
+                out[(sample.name, sample.labels.get("worker"))] = sample.value
     return out
+
+
+def _controller_values(directory):
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in metrics.LynxCollector(directory).collect()
+            for s in family.samples if "engine" in s.labels}  # fmt: skip
+
+
+SNAPSHOT = {"target_ms": 12.0, "budget": 32, "average_ms": 13.5, "steps_at": {64: 10, 32: 4}}
+
+
+def test_the_controller_reaches_metrics(tmp_path, monkeypatch, caplog):
+    d = _private(tmp_path)
+    monkeypatch.setenv(metrics.DIR_ENV, str(d))
+    metrics.publish_controller(SNAPSHOT)
+    me = str(os.getpid())
+    values = _controller_values(d)
+    assert values == {
+        ("lynx_controller_budget", (("engine", me),)): 32,
+        ("lynx_controller_target_ms", (("engine", me),)): 12.0,
+        ("lynx_controller_step_ms", (("engine", me),)): 13.5,
+        ("lynx_controller_decode_steps_total", (("budget", "64"), ("engine", me))): 10,
+        ("lynx_controller_decode_steps_total", (("budget", "32"), ("engine", me))): 4,
+    }
+    # before the first measured step there is no average: that gauge is absent, not 0
+    metrics.publish_controller({**SNAPSHOT, "average_ms": None, "steps_at": {}})
+    assert set(_controller_values(d)) == {("lynx_controller_budget", (("engine", me),)),
+                                          ("lynx_controller_target_ms", (("engine", me),))}  # fmt: skip
+    (d / "controller-1.json").write_text(json.dumps({"pid": 1, "budget": "x"}))
+    (d / "controller-2.json").write_text("{not json")
+    assert len(_controller_values(d)) == 2  # the bad files are skipped, not fatal
+    assert "controller-1.json" in caplog.text and "not a Lynx controller file" in caplog.text
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = int(proc.stdout)
+    (d / f"controller-{me}.json").rename(d / f"controller-{dead}.json")
+    record = json.loads((d / f"controller-{dead}.json").read_text())
+    (d / f"controller-{dead}.json").write_text(json.dumps({**record, "pid": dead}))
+    assert _controller_values(d) == {}  # an engine that has exited is not served
 
 
 def _private(tmp_path):
@@ -137,6 +177,8 @@ from lynx_ops.integration import metrics
 d = Path(os.environ["LYNX_METRICS_DIR"])
 row = json.loads(sys.argv[1])
 (d / f"worker-{os.getpid()}.json").write_text(json.dumps({"pid": os.getpid(), "layers": [row]}))
+metrics.publish_controller({"target_ms": 12.0, "budget": 32, "average_ms": 13.5,
+                            "steps_at": {64: 10, 32: 4}})
 for _ in range(2):  # two engines' loggers in one API server: the gauges register once
     logger = metrics.stat_logger_class()(None, 0)
 logger.record(None, None)
@@ -163,3 +205,7 @@ def test_metrics_reach_a_multiprocess_registry(tmp_path):
     assert any(
         ln.startswith("lynx_experts_per_step_after{") and ln.endswith(" 30.0") for ln in lines
     )
+    budget = [ln for ln in lines if ln.startswith("lynx_controller_budget{")]
+    assert len(budget) == 1 and budget[0].endswith(" 32.0")
+    steps = [ln for ln in lines if ln.startswith("lynx_controller_decode_steps_total{")]
+    assert len(steps) == 2 and any('budget="64"' in ln and ln.endswith(" 10.0") for ln in steps)

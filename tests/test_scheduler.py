@@ -131,3 +131,18 @@ def test_scheduled_steps_carry_k_and_each_rank_applies_it(controller_file):
     assert [int(s) for s in scalars] == [32, 32]
     fake._lynx_step_done(_output({"a": 7}))  # a prefill step breaks the interval
     assert fake._lynx_last is None
+
+
+def test_the_controller_publishes_its_snapshot_for_metrics(controller_file, tmp_path, monkeypatch):
+    d = tmp_path / "metrics"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("LYNX_METRICS_DIR", str(d))
+    _fake()._lynx_setup()
+    (path,) = d.glob("controller-*.json")
+    record = json.loads(path.read_text())
+    assert record["budget"] == 64 and record["target_ms"] == 12
+    assert record["steps_at"] == {"64": 0, "32": 0}  # no decode step yet
+    monkeypatch.setenv("VLLM_LYNX_METRICS_INTERVAL", "0")  # metrics off: nothing written
+    path.unlink()
+    _fake()._lynx_setup()
+    assert not list(d.glob("controller-*.json"))

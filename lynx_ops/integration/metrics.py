@@ -7,6 +7,8 @@ server, another process. The hand-off is a file per worker:
 * workers: the stats thread of lynx_ops.integration.layers writes the per-layer cumulative sums to
   `<dir>/worker-<pid>.json` every VLLM_LYNX_METRICS_INTERVAL seconds (atomic replace; one small
   device-to-host copy per layer, no synchronisation of the serving stream);
+* the engine core, where Lynx's scheduler runs the TPOT controller: `<dir>/controller-<pid>.json`
+  (target, K in force, moving-average step time, decode steps at each K), at the same interval;
 * API server: `LynxStatLogger`, added to vLLM's stat loggers when the plugin is on, registers a
   Prometheus collector that reads those files when `/metrics` is scraped.
 
@@ -71,23 +73,34 @@ def metrics_dir(create: bool = True) -> Path | None:
     return Path(made)
 
 
-def publish(rows: list[dict[str, Any]]) -> None:
-    """Worker side: write this process's per-layer cumulative counters."""
+def _publish(kind: str, payload: dict[str, Any]) -> None:
     directory = metrics_dir(create=False)
     if directory is None or not directory.is_dir():
         return
-    final = directory / f"worker-{os.getpid()}.json"
+    final = directory / f"{kind}-{os.getpid()}.json"
     # A fresh, unpredictable temporary name (O_CREAT | O_EXCL, mode 0600), then an atomic rename:
     # rename replaces a planted link itself, never the file it points to.
-    fd, tmp = tempfile.mkstemp(prefix=f"worker-{os.getpid()}-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{kind}-{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"pid": os.getpid(), "layers": rows}))
+            f.write(json.dumps({"pid": os.getpid(), **payload}))
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def publish(rows: list[dict[str, Any]]) -> None:
+    """Worker side: write this process's per-layer cumulative counters."""
+    _publish("worker", {"layers": rows})
+
+
+def publish_controller(snapshot: dict[str, Any]) -> None:
+    """Engine-core side: the TPOT controller's snapshot (TpotController.snapshot)."""
+    _publish("controller", {"target_ms": snapshot["target_ms"], "budget": snapshot["budget"],
+                            "average_ms": snapshot["average_ms"],
+                            "steps_at": {str(k): n for k, n in snapshot["steps_at"].items()}})  # fmt: skip
 
 
 _ROW_KEYS = ("layer", "top_k", "calls", "before", "after", "top1", "rows", "moved")
@@ -146,6 +159,57 @@ def read_all(directory: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_controllers(directory: Path) -> list[dict[str, Any]]:
+    """Every live engine core's controller file, well-formed ones only (as read_all)."""
+    out = []
+    for path in sorted(directory.glob("controller-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RecursionError) as e:
+            _skip_once(path, f"unreadable ({e.__class__.__name__})")
+            continue
+        steps = record.get("steps_at") if isinstance(record, dict) else None
+        ok = (isinstance(steps, dict) and isinstance(record.get("pid"), int)
+              and _number(record.get("target_ms")) and isinstance(record.get("budget"), int)
+              and (record.get("average_ms") is None or _number(record.get("average_ms")))
+              and all(k.isdigit() and isinstance(n, int) and not isinstance(n, bool)
+                      for k, n in steps.items()))  # fmt: skip
+        if not ok:
+            _skip_once(path, "not a Lynx controller file")
+            continue
+        if _alive(record["pid"]):
+            out.append(record)
+    return out
+
+
+# name suffix, help text: the TPOT controller's gauges (labels: engine), then its step counter
+CONTROLLER_GAUGES = (
+    ("controller_budget", "The budget K the TPOT controller has in force", "budget"),
+    ("controller_target_ms", "The TPOT controller's decode step target, ms", "target_ms"),
+    ("controller_step_ms", "The controller's moving average of the decode step period, ms",
+     "average_ms"),
+)  # fmt: skip
+CONTROLLER_STEPS = ("controller_decode_steps", "Decode steps the controller ran at each budget K")
+
+
+def controller_samples(directory: Path):
+    """(family name without `lynx_`, labels, value) of every live controller: the gauges with
+    (engine,), then the steps at each K with (engine, budget)."""
+    for record in read_controllers(directory):
+        engine = str(record["pid"])
+        for name, _doc, key in CONTROLLER_GAUGES:
+            if record[key] is not None:
+                yield name, (engine,), record[key]
+        for k, n in sorted(record["steps_at"].items(), key=lambda kv: -int(kv[0])):
+            yield CONTROLLER_STEPS[0], (engine, k), n
+
+
 # name suffix, help text, key in a layer row
 COUNTERS = (
     ("decode_remaps", "Decode steps remapped, per MoE layer", "calls"),
@@ -200,6 +264,13 @@ class LynxCollector:
                          for name, doc in GAUGES})  # fmt: skip
         for name, labels, value in samples(self.directory):
             families[name].add_metric(list(labels), value)
+        for name, doc, _key in CONTROLLER_GAUGES:
+            families[name] = GaugeMetricFamily(f"lynx_{name}", doc, labels=["engine"])
+        steps_name, steps_doc = CONTROLLER_STEPS
+        families[steps_name] = CounterMetricFamily(f"lynx_{steps_name}", steps_doc,
+                                                   labels=["engine", "budget"])  # fmt: skip
+        for name, labels, value in controller_samples(self.directory):
+            families[name].add_metric(list(labels), value)
         yield from families.values()
 
 
@@ -233,12 +304,19 @@ class MultiprocessExport:
         named += [(name, f"lynx_{name}", doc) for name, doc in GAUGES]
         self.gauges = {name: Gauge(full, doc, LABELS, multiprocess_mode="max")
                        for name, full, doc in named}  # fmt: skip
+        for name, doc, _key in CONTROLLER_GAUGES:
+            self.gauges[name] = Gauge(f"lynx_{name}", doc, ["engine"], multiprocess_mode="max")
+        steps_name, steps_doc = CONTROLLER_STEPS
+        self.gauges[steps_name] = Gauge(f"lynx_{steps_name}_total", steps_doc,
+                                        ["engine", "budget"], multiprocess_mode="max")  # fmt: skip
 
     def refresh(self, now: float) -> None:
         if now < self.next_s:
             return
         self.next_s = now + self.interval_s
         for name, labels, value in samples(self.directory):
+            self.gauges[name].labels(*labels).set(value)
+        for name, labels, value in controller_samples(self.directory):
             self.gauges[name].labels(*labels).set(value)
 
 

@@ -69,11 +69,23 @@ class _Controlled:
                 f"data_parallel_size={par.data_parallel_size} (docs/CONTROLLER.md)")  # fmt: skip
         self._lynx = TpotController(_load_config())
         self._lynx_last: float | None = None  # end of the previous decode step
-        self._lynx_logged = time.monotonic()
+        self._lynx_logged = self._lynx_published = time.monotonic()
+        self._lynx_publish()
         cfg = self._lynx.config
         logger.info("[lynx] TPOT controller: target %.3g ms, K ladder %s, floors %s; tensor "
                     "parallel ranks %d", cfg.target_ms, list(cfg.ladder),
                     [list(f) for f in cfg.floors] or "none", par.tensor_parallel_size)  # fmt: skip
+
+    def _lynx_publish(self) -> None:
+        """The controller's snapshot for /metrics (metrics.py), where the plugin exports them."""
+        if envs.VLLM_LYNX_METRICS_INTERVAL <= 0:
+            return
+        from lynx_ops.integration import metrics
+
+        try:
+            metrics.publish_controller(self._lynx.snapshot())
+        except OSError as e:  # telemetry never stops the scheduler
+            logger.warning("[lynx] TPOT controller: metrics file not written: %s", e)
 
     def schedule(self, *args, **kwargs):
         output = super().schedule(*args, **kwargs)
@@ -88,6 +100,9 @@ class _Controlled:
         if self._lynx_last is not None:
             self._lynx.update(len(output.num_scheduled_tokens), (now - self._lynx_last) * 1e3)
         self._lynx_last = now
+        if 0 < envs.VLLM_LYNX_METRICS_INTERVAL <= now - self._lynx_published:
+            self._lynx_published = now
+            self._lynx_publish()
         if now - self._lynx_logged >= SUMMARY_INTERVAL_S:
             self._lynx_logged = now
             snap = self._lynx.snapshot()
