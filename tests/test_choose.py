@@ -88,3 +88,30 @@ def test_cli_on_a_frontier_csv(tmp_path):
                           str(out), "--out", str(tmp_path / "q.json")],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "not a frontier.csv" in bad.stderr
+
+
+def _write_frontier(path, rows, model):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", *rows[0]])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"model": model, **r})
+
+
+def test_several_runs_of_one_model_pool_their_settings(tmp_path):
+    from lynx_ops.bench import choose
+
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    _write_frontier(first, ROWS, "m")
+    extra = [{**ROWS[0], "setting": "keep_k0:k0=3", "experts_after": 0.5, "dnll_pct": 0.0}]
+    _write_frontier(second, extra, "m")
+    rows = choose.read_frontiers([first, second])
+    assert len(rows) == len(ROWS) + 1
+    batch = extra[0]["batch"]
+    # the second run's setting wins its batch size: fewer experts, within any limit
+    assert choose.choose(rows, 1.0)[int(batch)]["setting"] == "keep_k0:k0=3"
+    assert choose.choose(choose.read_frontiers([first]), 1.0)[int(batch)]["setting"] != (
+        "keep_k0:k0=3")  # fmt: skip
+    _write_frontier(second, extra, "other")
+    with pytest.raises(SystemExit, match="measured different models"):
+        choose.read_frontiers([first, second])

@@ -133,6 +133,12 @@ def test_layer_index(name, index):
     assert layers.layer_index(name) == index
 
 
+# Qwen3-MoE at 128 experts / top-8 takes keep_k0 with k0 = 6 up to 16 padded rows (its family
+# default, registry/families/qwen_moe.py); softmax, renormalised, scale 1, ungrouped.
+QWEN3_16_ROWS_K0 = 6
+TAIL = (0, 0, 1.0, 0)
+
+
 def _qwen3_layer(monkeypatch, tmp_path=None, entry: dict | None = None):
     """A Qwen3-MoE layer (E=128, k=8) attached with the family's policy, or under a policy file
     holding `entry`; decode gating as under FULL_AND_PIECEWISE graphs."""
@@ -162,7 +168,7 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     import vllm.forward_context as fc
     from vllm.config import CUDAGraphMode
 
-    from lynx_ops.reference import remap_ref
+    from lynx_ops.reference import keep_ref
     from tests.helpers import Shape, make_batch
 
     state = _qwen3_layer(monkeypatch)
@@ -175,7 +181,7 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
     monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
     got_w, got_ids, remapped = layers.route(state, x, w, ids)
-    want = remap_ref(x, w, ids, torch.tensor([12]), None, *state.op_args())
+    want = keep_ref(x, w, ids, torch.tensor([12]), None, QWEN3_16_ROWS_K0, *TAIL)
     assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])
     assert not torch.equal(got_ids, ids), "the synthetic batch should change"
 
@@ -193,7 +199,7 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     ctx.attn_metadata["attn"].max_query_len = 1
     ctx.attn_metadata["attn"].query_start_loc = torch.tensor([0, 1], dtype=torch.int32)
     x1, w1, ids1 = x[:1], w[:1], ids[:1]
-    ref_w, ref_ids, _ = remap_ref(x1, w1, ids1, torch.tensor([1]), None, *state.op_args())
+    ref_w, ref_ids, _ = keep_ref(x1, w1, ids1, torch.tensor([1]), None, QWEN3_16_ROWS_K0, *TAIL)
     assert torch.equal(ref_ids, ids1) and torch.equal(ref_w, w1)
     layers.DECISIONS.clear()
     one_w, one_ids, remapped = layers.route(state, x1, w1, ids1)
@@ -288,14 +294,14 @@ def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch
     """The routed-experts capture sees the remapped logical ids, and the dtype cast still applies."""
     import torch
 
-    from lynx_ops.reference import remap_ref
+    from lynx_ops.reference import keep_ref
 
     router, state, x, (stock_w, stock_ids) = _wrapped_torch_router(monkeypatch)
     captured = []
     router.set_capture_fn(captured.append)
     weights, ids = router._select_experts(torch.zeros(16, 4), x, torch.int64)
 
-    want = remap_ref(x, stock_w, stock_ids, torch.tensor([16]), None, *state.op_args())
+    want = keep_ref(x, stock_w, stock_ids, torch.tensor([16]), None, QWEN3_16_ROWS_K0, *TAIL)
     assert ids.dtype == torch.int64 and torch.equal(ids, want[1].long())
     assert torch.equal(captured[0], want[1]) and torch.equal(weights, want[0])
     assert not torch.equal(want[1], stock_ids), "the batch should be remapped"
@@ -312,7 +318,7 @@ def test_wrapped_router_remaps_logical_ids_before_the_eplb_map(monkeypatch):
     from vllm.distributed.eplb.eplb_state import EplbLayerState
     from vllm.model_executor.layers.fused_moe.router import base_router
 
-    from lynx_ops.reference import remap_ref
+    from lynx_ops.reference import keep_ref
 
     # 128 logical experts on 144 physical slots: experts 0-15 have a second replica at 128 + e.
     num_logical, num_physical = 128, 144
@@ -347,8 +353,8 @@ def test_wrapped_router_remaps_logical_ids_before_the_eplb_map(monkeypatch):
     router, state, x, (stock_w, stock_ids) = _wrapped_torch_router(monkeypatch, eplb)
     weights, physical = router._select_experts(torch.zeros(16, 4), x, torch.int64)
 
-    want_w, want_ids, _ = remap_ref(x, stock_w, stock_ids, torch.tensor([16]), None,
-                                    *state.op_args())  # fmt: skip
+    want_w, want_ids, _ = keep_ref(x, stock_w, stock_ids, torch.tensor([16]), None,
+                                   QWEN3_16_ROWS_K0, *TAIL)  # fmt: skip
     assert len(seen) == 1 and torch.equal(seen[0], want_ids), "the EPLB map got other ids"
     assert torch.equal(p2l[physical], want_ids.long()) and torch.equal(weights, want_w)
     assert int(physical.max()) >= num_logical, "no token reached a redundant replica"
@@ -456,7 +462,8 @@ def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
 
 def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path):
     """by_batch: 16 padded rows take the bucket's budget (its own device scalar), 32 take the base
-    bins setting; each equals the reference for that setting."""
+    bins setting (the family's, alpha 4 beta 4: an entry that sets only by_batch keeps the rest);
+    each equals the reference for that setting."""
     import torch
 
     from lynx_ops.reference import budget_ref, remap_ref
@@ -472,7 +479,7 @@ def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path)
         got_w, got_ids, remapped = layers.route(state, x, w, ids)
         n = torch.tensor([valid])
         if rows == 16:
-            want = budget_ref(x, w, ids, n, None, torch.tensor([12]), 1.0, 0, 3.0, 2, 0, 0, 1.0, 0)
+            want = budget_ref(x, w, ids, n, None, torch.tensor([12]), 1.0, 0, 4.0, 4, *TAIL)
         else:
-            want = remap_ref(x, w, ids, n, None, 3.0, 2, 0, 0, 1.0, 0)
+            want = remap_ref(x, w, ids, n, None, 4.0, 4, *TAIL)
         assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])

@@ -42,9 +42,10 @@ CONFIGS = {
                                      "num_experts_per_tok": 1}},
 }  # fmt: skip
 
-# Expected (family, alpha, beta, scoring, weight_rule, groups), from ALGORITHM.md's defaults table.
+# Expected (family, alpha, beta, scoring, weight_rule, groups), from ALGORITHM.md's defaults table;
+# Qwen3-MoE at 128 experts / top-8 from the proxy's frontier (docs/MODELS.md), beyond 32 rows.
 EXPECTED = {
-    "qwen3-30b-a3b": ("qwen3_moe", 3.0, 2, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
+    "qwen3-30b-a3b": ("qwen3_moe", 4.0, 4, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
     "qwen2-57b-a14b": ("qwen2_moe", 3.0, 4, Scoring.SOFTMAX, WeightRule.PRESERVE_MASS, 0),
     "mixtral-8x7b": ("mixtral", 0.7, 1, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
     "mixtral-8x22b": ("mixtral", 1.0, 1, Scoring.SOFTMAX, WeightRule.RENORMALIZE, 0),
@@ -90,14 +91,42 @@ def _write(tmp_path, data) -> str:
     return str(path)
 
 
+def test_qwen3_defaults_follow_the_router_shape():
+    """128 experts / top-8 (Qwen3-30B-A3B, 235B-A22B): the settings the rule chose on the
+    Qwen3-shaped proxy, per padded batch size; any other Qwen3-MoE shape: the authors' (3, 2)."""
+    p = select_policy(CONFIGS["qwen3-30b-a3b"]).policy
+    got = {t: (p.for_rows(t).kind, p.for_rows(t).k0, p.for_rows(t).alpha, p.for_rows(t).beta)
+           for t in (1, 8, 9, 16, 17, 32, 33, 512)}  # fmt: skip
+    assert got == {1: ("keep_k0", 6, 4.0, 4), 8: ("keep_k0", 6, 4.0, 4),
+                   9: ("keep_k0", 6, 4.0, 4), 16: ("keep_k0", 6, 4.0, 4),
+                   17: ("keep_k0", 5, 4.0, 4), 32: ("keep_k0", 5, 4.0, 4),
+                   33: ("bins", 0, 4.0, 4), 512: ("bins", 0, 4.0, 4)}  # fmt: skip
+    # the chosen file from the frontier says the same (perf/policies/qwen3_proxy_choose_1pct.json)
+    from pathlib import Path
+
+    chosen = Path(__file__).resolve().parents[1] / "perf/policies/qwen3_proxy_choose_1pct.json"
+    q = select_policy(CONFIGS["qwen3-30b-a3b"], config_file=str(chosen)).policy
+    for t in got:
+        a, b = p.for_rows(t), q.for_rows(t)
+        assert (a.kind, a.k0, a.alpha, a.beta) == (b.kind, b.k0, b.alpha, b.beta), t
+    small = {**CONFIGS["qwen3-30b-a3b"], "num_experts": 32, "num_experts_per_tok": 4}
+    s = select_policy(small).policy
+    assert (s.kind, s.alpha, s.beta, s.by_batch) == ("bins", 3.0, 2, ())
+
+
 def test_policy_file_overrides_only_what_it_sets(tmp_path, monkeypatch):
     path = _write(tmp_path, {"policies": [{"model_type": "qwen3_moe", "alpha": 1.0,
                                            "layers": [0, 2]}]})  # fmt: skip
     monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", path)
     p = select_policy(CONFIGS["qwen3-30b-a3b"]).policy
-    assert (p.alpha, p.beta, p.weight_rule) == (1.0, 2, WeightRule.RENORMALIZE)
+    assert (p.alpha, p.beta, p.weight_rule) == (1.0, 4, WeightRule.RENORMALIZE)
     assert p.applies_to_layer(2) and not p.applies_to_layer(1)
     assert "policies[0]" in p.source
+    # an entry that sets the routing sets it at every batch size: the family's by_batch goes
+    assert p.by_batch == () and p.for_rows(16).alpha == 1.0
+    path = _write(tmp_path, {"policies": [{"model_type": "qwen3_moe", "layers": [0, 2]}]})
+    kept = select_policy(CONFIGS["qwen3-30b-a3b"]).policy  # only layers: the setting stays
+    assert kept.for_rows(16).kind == "keep_k0" and not kept.applies_to_layer(1)
 
 
 def test_policy_file_adds_a_family_by_architecture(tmp_path):
@@ -254,7 +283,7 @@ def test_policy_file_chooses_budget_and_keep_k0_policies(tmp_path):
         {"model_type": "mixtral", "kind": "budget", "fraction": 0.5}]})  # fmt: skip
     p = select_policy(CONFIGS["qwen3-30b-a3b"], config_file=path).policy
     assert (p.kind, p.budget, p.fraction, p.budget_value(128)) == ("budget", 24, 1.0, 24)
-    assert "budget K=24 by hist (alpha=3 beta=2)" in p.describe()
+    assert "budget K=24 by hist (alpha=4 beta=4)" in p.describe()  # the family's bins
     p = select_policy(CONFIGS["qwen2-57b-a14b"], config_file=path).policy
     assert (p.kind, p.k0) == ("keep_k0", 2) and "keep_k0 k0=2" in p.describe()
     p = select_policy(CONFIGS["mixtral-8x7b"], config_file=path).policy
@@ -274,9 +303,9 @@ def test_settings_per_batch_size_follow_the_padded_row_count(tmp_path):
     assert [p.for_rows(t).beta for t in (1, 8)] == [2, 2]
     assert [p.for_rows(t).kind for t in (9, 32, 33, 512)] == ["budget", "budget", "bins", "bins"]
     assert p.for_rows(16).fraction == 0.6 and p.for_rows(64).beta == 4
-    assert p.for_rows(16).alpha == 3.0  # unset fields come from the family's policy
-    assert "by batch size: B<=8: alpha=3 beta=2; B<=32: budget fraction=0.6 by count; larger: " \
-           "alpha=3 beta=4;" in p.describe()  # fmt: skip
+    assert p.for_rows(16).alpha == 4.0  # unset fields come from the family's policy
+    assert "by batch size: B<=8: alpha=4 beta=2; B<=32: budget fraction=0.6 by count; larger: " \
+           "alpha=4 beta=4;" in p.describe()  # fmt: skip
 
 
 @pytest.mark.parametrize(

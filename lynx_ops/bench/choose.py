@@ -44,6 +44,18 @@ def read_frontier(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_frontiers(paths: list[Path]) -> list[dict[str, Any]]:
+    """The rows of several frontier.csv files of one model, in the order given. Each run pairs
+    its settings against its own stock engine on the same windows (the tool's windows are
+    deterministic), so their NLL changes compare; files of different models are refused."""
+    rows = [r for path in paths for r in read_frontier(path)]
+    models = sorted({r.get("model", "") for r in rows})
+    if len(models) > 1:
+        raise SystemExit(f"choose: the frontiers measured different models ({', '.join(models)}); "
+                         "pool runs of one model only")  # fmt: skip
+    return rows
+
+
 def choose(rows: list[dict[str, Any]], max_dnll_pct: float) -> dict[int, dict[str, Any] | None]:
     """Batch size -> the chosen row (None: no setting within the limit)."""
     chosen: dict[int, dict[str, Any] | None] = {}

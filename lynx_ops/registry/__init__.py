@@ -20,7 +20,7 @@ from typing import Any
 
 from lynx_ops.registry.families import BUILTIN
 from lynx_ops.registry.families._base import Family, cfg
-from lynx_ops.registry.policy import Policy, PolicyError
+from lynx_ops.registry.policy import BATCH_FIELDS, Policy, PolicyError
 
 __all__ = ["POLICY_FIELDS", "Policy", "PolicyError", "check_overrides", "Selection", "fallback_policy", "load_policy_file",
            "register_policy", "router_shape", "select_policy", "supported_families"]  # fmt: skip
@@ -285,8 +285,13 @@ def select_policy(config: Any, config_file: Any = _FROM_ENV) -> Selection:
         for entry in entries:
             if _matches(model_type, archs, (entry.model_type,), (entry.architecture,)):
                 start = base or Policy(label, alpha=1.0, beta=1)
+                overrides = dict(entry.overrides)
+                if set(overrides) & set(BATCH_FIELDS) and "by_batch" not in overrides:
+                    # an entry that sets the routing sets it at every batch size: the family's
+                    # own per-batch settings go with the rest of its setting
+                    overrides["by_batch"] = ()
                 try:
-                    base = dataclasses.replace(start, **entry.overrides, source=entry.where)
+                    base = dataclasses.replace(start, **overrides, source=entry.where)
                 except PolicyError as e:
                     raise PolicyError(f"{entry.where}: {e}") from None
                 break

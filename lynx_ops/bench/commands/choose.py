@@ -11,7 +11,10 @@ HELP = "a policy file from a frontier: fewest experts within an NLL limit, per b
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frontier", required=True, help="frontier.csv of `lynx-bench frontier`")
+    parser.add_argument("--frontier", required=True, nargs="+", metavar="CSV",
+                        help="frontier.csv of `lynx-bench frontier`; several runs of one model "
+                             "(each paired against its own stock on the same windows) pool their "
+                             "settings")  # fmt: skip
     parser.add_argument("--max-dnll-pct", type=float, default=1.0,
                         help="the largest mean decode NLL increase a setting may cost, in percent "
                              "(default 1.0)")  # fmt: skip
@@ -29,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
 
     if not math.isfinite(args.max_dnll_pct):
         raise SystemExit("choose: --max-dnll-pct must be a finite number")
-    rows = choose.read_frontier(Path(args.frontier))
+    rows = choose.read_frontiers([Path(f) for f in args.frontier])
     model = Path(args.model or rows[0].get("model") or "")
     try:
         config = json.loads((model / "config.json").read_text())
@@ -45,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"choose: {model} is not an MoE checkpoint Lynx covers")
     picked = choose.choose(rows, args.max_dnll_pct)
     print(f"rule: fewest experts with mean decode NLL change <= {args.max_dnll_pct:g}% "
-          f"({args.frontier})")  # fmt: skip
+          f"({', '.join(args.frontier)})")  # fmt: skip
     print(f"{'batch':>5}  {'setting':40s} {'dNLL %':>7} {'experts':>15}")
     for batch, row in picked.items():
         if row is None:

@@ -5,6 +5,12 @@ Qwen2-MoE does not renormalise (norm_topk_prob false): the remapped experts keep
 probability mass. Qwen3-MoE and Qwen3-Next renormalise. Defaults from the authors' plugin: Qwen2
 alpha=3 beta=4; Qwen3 alpha=3 beta=2 (Instruct). Qwen3 Thinking models used alpha=1: their config
 is indistinguishable, so set it with a policy file (docs/MODELS.md).
+
+Qwen3-MoE at the Qwen3-30B-A3B / 235B-A22B router shape (128 experts, top-8) instead takes the
+settings `lynx-bench choose` picked from the Qwen3-shaped proxy's frontier by the rule of
+docs/MODELS.md (fewest experts with decode NLL change <= 1% at each measured batch size):
+keep_k0 k0=6 up to 16 rows, keep_k0 k0=5 up to 32, bins alpha=4 beta=4 beyond. On that proxy the
+authors' alpha=3 beta=2 costs +4.1% NLL at B=32 (perf/results/frontier_proxy_cpu_5c6395c/).
 """
 
 from lynx_ops.registry.families._base import Family, cfg
@@ -22,9 +28,24 @@ def _qwen2(config) -> Policy:
                   weight_rule=_rule(config, False))  # fmt: skip
 
 
+# (B <= 8, 16, 32: keep_k0; above: bins): perf/policies/qwen3_proxy_choose_1pct.json, whose
+# evidence is perf/results/frontier_proxy_cpu_5c6395c/ and frontier_proxy_conservative_cpu_6bf2f1d/
+QWEN3_128X8_BY_BATCH = (
+    {"max_batch": 8, "kind": "keep_k0", "k0": 6},  # +0.43% NLL, 45.3 -> 36.2 experts at B=8
+    {"max_batch": 16, "kind": "keep_k0", "k0": 6},  # +0.45%, 65.2 -> 54.1 at B=16
+    {"max_batch": 32, "kind": "keep_k0", "k0": 5},  # +0.65%, 83.8 -> 65.9 at B=32
+)  # beyond: bins alpha=4 beta=4, +0.38%, 100.1 -> 83.5 at B=64
+
+
 def _qwen3(config) -> Policy:
-    return Policy("qwen3_moe", alpha=3.0, beta=2, scoring=Scoring.SOFTMAX,
-                  weight_rule=_rule(config, True))  # fmt: skip
+    rule = _rule(config, True)
+    # the names registry.router_shape reads (transformers 5 saves Qwen3's as num_local_experts)
+    experts = cfg(config, "num_experts", "num_local_experts", "n_routed_experts", default=0)
+    top_k = cfg(config, "num_experts_per_tok", "experts_per_token", "moe_topk", default=0)
+    if (experts, top_k) == (128, 8):
+        return Policy("qwen3_moe", alpha=4.0, beta=4, scoring=Scoring.SOFTMAX, weight_rule=rule,
+                      by_batch=QWEN3_128X8_BY_BATCH)  # fmt: skip
+    return Policy("qwen3_moe", alpha=3.0, beta=2, scoring=Scoring.SOFTMAX, weight_rule=rule)
 
 
 def _qwen3_next(config) -> Policy:
