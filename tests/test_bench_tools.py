@@ -401,3 +401,28 @@ def test_scoring_engines_size_their_kv_cache_unless_told():
     assert "kv_cache_memory_bytes" not in base  # the caller's dict is left alone
     for told in ({"gpu_memory_utilization": 0.5}, {"kv_cache_memory_bytes": 2**28}):
         assert scoring_engine({**base, **told}) == {**base, **told}
+
+
+def test_frontier_settings_run_alike_at_every_batch_size(tmp_path):
+    """The policy file each frontier setting runs with: the setting's fields over the family's
+    current ones, written out, so at 128 experts / top-8 (where Qwen3's default has per-batch
+    settings) a setting is what runs at every batch size, and nothing is left to a default."""
+    from lynx_ops.bench.frontier import default_grid, parse_setting, resolve
+    from lynx_ops.registry import select_policy
+    from lynx_ops.registry.policy import BATCH_FIELDS
+
+    config = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+              "num_local_experts": 128, "num_experts_per_tok": 8}  # fmt: skip
+    assert select_policy(config, config_file=None).policy.by_batch  # the default has buckets
+    parsed = {s: parse_setting(s) for s in default_grid(8)}
+    for text, fields in resolve(config, parsed).items():
+        assert set(BATCH_FIELDS) <= set(fields)
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **fields}]}))
+        p = select_policy(config, config_file=str(path)).policy
+        for rows in (1, 8, 16, 32, 64):
+            got = p.for_rows(rows)
+            assert got.by_batch == () or got is p
+            for key, value in parsed[text].items():
+                have = getattr(got, key)
+                assert (have.name.lower() if hasattr(have, "name") else have) == value, (text, rows)

@@ -17,12 +17,11 @@ shows it growing as B shrinks): measure the batch sizes you serve.
 from __future__ import annotations
 
 import csv
-import enum
 import json
 from pathlib import Path
 from typing import Any
 
-from lynx_ops.bench.frontier import parse_setting
+from lynx_ops.bench.frontier import file_value, parse_setting
 from lynx_ops.registry import PolicyError, load_policy_file
 from lynx_ops.registry.policy import BATCH_FIELDS, Policy
 
@@ -70,10 +69,6 @@ def _setting(row: dict[str, Any] | None, top_k: int) -> dict[str, Any]:
     return parse_setting(row["setting"]) if row else {"kind": "keep_k0", "k0": top_k}
 
 
-def _file_value(value: Any) -> Any:
-    return value.name.lower() if isinstance(value, enum.Enum) else value
-
-
 def policy_entry(chosen: dict[int, dict[str, Any] | None], model_type: str, top_k: int,
                  default: Policy) -> dict[str, Any]:  # fmt: skip
     """One policy-file entry: the largest batch's setting as the entry's fields, smaller batches as
@@ -86,7 +81,7 @@ def policy_entry(chosen: dict[int, dict[str, Any] | None], model_type: str, top_
     buckets = []
     for batch in batches[:-1]:
         own = _setting(chosen[batch], top_k)
-        restated = {f: _file_value(getattr(default, f)) for f in top if f in BATCH_FIELDS
+        restated = {f: file_value(getattr(default, f)) for f in top if f in BATCH_FIELDS
                     and f not in own}  # fmt: skip
         buckets.append({"max_batch": batch, **own, **restated})
     if buckets:

@@ -19,6 +19,7 @@ and plotted.
 
 from __future__ import annotations
 
+import enum
 import json
 import statistics
 import tempfile
@@ -27,7 +28,8 @@ from typing import Any
 
 from lynx_ops.bench.provenance import provenance, write_csv
 from lynx_ops.bench.workers import run_worker, scoring_engine
-from lynx_ops.registry import PolicyError, check_overrides, router_shape
+from lynx_ops.registry import PolicyError, check_overrides, router_shape, select_policy
+from lynx_ops.registry.policy import BATCH_FIELDS
 
 
 def parse_setting(text: str) -> dict[str, Any]:
@@ -46,6 +48,11 @@ def parse_setting(text: str) -> dict[str, Any]:
             fields[key] = value
     check_overrides(fields, f"frontier setting {text!r}")
     return fields
+
+
+def file_value(value: Any) -> Any:
+    """A Policy field as a policy file writes it (enums by their lower-case name)."""
+    return value.name.lower() if isinstance(value, enum.Enum) else value
 
 
 def default_grid(top_k: int) -> list[str]:
@@ -96,6 +103,18 @@ def compare(stock_rows: list[dict], rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def resolve(config: dict, parsed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each setting's policy-file fields: the setting's own over the family's current routing
+    fields, all written out, so the setting runs at every batch size (an entry that sets routing
+    fields drops the family's by_batch) and the run means the same after a family default
+    changes."""
+    family = select_policy(config, config_file=None).policy
+    if family is None:
+        raise SystemExit(f"frontier: Lynx has no policy for this model ({config['model_type']})")
+    return {text: {**{f: file_value(getattr(family, f)) for f in BATCH_FIELDS}, **fields}
+            for text, fields in parsed.items()}  # fmt: skip
+
+
 def run(model: str, settings: list[str], batches: list[int], window_sets: int, prompt_len: int,
         forced_len: int, engine: dict, out_dir: Path) -> int:  # fmt: skip
     config = json.loads((Path(model) / "config.json").read_text())
@@ -106,6 +125,7 @@ def run(model: str, settings: list[str], batches: list[int], window_sets: int, p
                          "config.json)")  # fmt: skip
     grid = settings or default_grid(top_k)  # budgets as shares scale with E
     parsed = {s: parse_setting(s) for s in grid}  # every setting checked before any engine runs
+    resolved = resolve(config, parsed)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="lynx-frontier-", dir=out_dir))
     spec = {"model": model, "batches": batches, "window_sets": window_sets,
@@ -118,7 +138,8 @@ def run(model: str, settings: list[str], batches: list[int], window_sets: int, p
     table = []
     for i, (text, fields) in enumerate(parsed.items()):
         policy_file = work / f"policy-{i}.json"
-        policy_file.write_text(json.dumps({"policies": [{"model_type": model_type, **fields}]}))
+        entry = {"model_type": model_type, **resolved[text]}
+        policy_file.write_text(json.dumps({"policies": [entry]}))
         env = {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CONFIG_FILE": str(policy_file)}
         result = run_worker(f"setting{i}", spec, env, work, module)
         for row in compare(stock["rows"], result["rows"]):
@@ -131,7 +152,8 @@ def run(model: str, settings: list[str], batches: list[int], window_sets: int, p
         r.setdefault("frontier", False)
     write_csv(out_dir / "frontier.csv", [{"model": model, **r, **prov} for r in table])
     (out_dir / "frontier.json").write_text(json.dumps(
-        {"model": model, "spec": spec, "settings": parsed, "stock": stock, "rows": table,
+        {"model": model, "spec": spec, "settings": parsed, "resolved": resolved, "stock": stock,
+         "rows": table,
          **prov}, indent=1))  # fmt: skip
     _print(model, table, batches, window_sets)
     try:
