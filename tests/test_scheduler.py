@@ -97,6 +97,8 @@ def test_worker_startup_checks_name_the_problem(controller_file):
     budget_sync.check_scheduler(config(scheduler.LynxScheduler))
     with pytest.raises(ControllerSetupError, match="scheduler is vllm.v1.core.sched.scheduler.Sch"):
         budget_sync.check_scheduler(config(scheduler.Scheduler))
+    with pytest.raises(ControllerSetupError, match=r"scheduler is vLLM's own \(no --scheduler-cls"):
+        budget_sync.check_scheduler(config(None))
 
 
 def test_scheduled_steps_carry_k_and_each_rank_applies_it(controller_file):

@@ -53,7 +53,10 @@ def check_layers() -> int:
 def check_scheduler(vllm_config) -> None:
     """Startup: the engine runs Lynx's scheduler, the only thing that sends a K."""
     cls = vllm_config.scheduler_config.scheduler_cls
-    name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+    if cls is None:
+        name = "vLLM's own (no --scheduler-cls)"
+    else:
+        name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
     if not str(name).startswith("lynx_ops.integration.scheduler."):
         raise ControllerSetupError(
             f"VLLM_LYNX_CONTROLLER_FILE is set but the engine's scheduler is {name}: serve with "
