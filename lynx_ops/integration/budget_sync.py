@@ -95,6 +95,7 @@ def install() -> None:
         check_scheduler(self.vllm_config)
         out = load_model(self, *args, **kwargs)
         n = check_layers()
+        _APPLIED["k"] = None  # this model's scalars hold its policy's K: the first step writes
         logger.info("[lynx] TPOT controller: this rank applies each step's K to %d layers' "
                     "budget", n)  # fmt: skip
         return out
