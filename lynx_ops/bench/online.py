@@ -376,6 +376,12 @@ def aggregate(rows: list[dict], slos: list[float]) -> list[dict[str, Any]]:
             values = [r.get(key) for r in rs]
             return statistics.median(values) if all(v is not None for v in values) else None
 
+        def med_remapped(key: str, rs: list[dict] = rs) -> float | None:
+            """Experts per remapped step exist only for repeats with remapped steps (a repeat
+            whose requests never shared a decode step has none: remapped_steps says 0)."""
+            values = [r[key] for r in rs if r.get(key) is not None]
+            return statistics.median(values) if values else None
+
         agg = {"side": side, "load": load, "value": value, "repeats": len(rs),
                "output_tok_s": med("output_throughput"),
                "output_tok_s_min": min(r["output_throughput"] for r in rs),
@@ -388,8 +394,9 @@ def aggregate(rows: list[dict], slos: list[float]) -> list[dict[str, Any]]:
                "ttft_ms_p50": med("median_ttft_ms"), "ttft_ms_p99": med("p99_ttft_ms"),
                "completed": sum(r["completed"] for r in rs), "failed": sum(r["failed"] for r in rs),
                "engine_steps": med("engine_steps"), "preemptions": med("preemptions"),
-               "remapped_steps": med("remapped_steps"), "experts_before": med("experts_before"),
-               "experts_after": med("experts_after")}  # fmt: skip
+               "remapped_steps": med("remapped_steps"),
+               "experts_before": med_remapped("experts_before"),
+               "experts_after": med_remapped("experts_after")}  # fmt: skip
         for slo in slos:
             agg[f"goodput_req_s@{slo:.2f}ms"] = med(f"goodput_req_s@{slo:.2f}ms")
             agg[f"goodput_tok_s@{slo:.2f}ms"] = med(f"goodput_tok_s@{slo:.2f}ms")

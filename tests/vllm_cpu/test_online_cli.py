@@ -24,7 +24,7 @@ def test_lynx_bench_online_tiny(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lynx_ops.bench.cli", "online", "--shape", "qwen3-moe", "--tiny",
          "--concurrency", "1", "4", "--repeats", "2", "--repeat-at", "4", "--input-len", "16",
-         "--output-len", "8", "--min-prompts", "4", "--no-stock-again",
+         "--output-len", "16", "--min-prompts", "4", "--no-stock-again",
          "--serve-arg=--kv-cache-memory-bytes=268435456", "--out", str(out)],
         capture_output=True, text=True, timeout=1800,
         env={**os.environ, "VLLM_LYNX_METRICS_INTERVAL": "1"},
