@@ -44,9 +44,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--corpus-archive", help="read the held-out split from this corpus archive")
     args = ap.parse_args()
-    record_path = Path(args.model) / "training.json"
-    trained = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    source = trained.get("corpus", {}).get("name", "stdlib")
+    source = corpus.of_model(args.model)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -219,7 +219,7 @@ def evaluate_checkpoint(model_dir: Path) -> None:
     record_path = model_dir / "training.json"
     record = json.loads(record_path.read_text())
     seq_len = record.get("seq_len", 256)
-    source = record.get("corpus", {}).get("name", "stdlib")
+    source = corpus.of_model(model_dir)
     result = {}
     for split in ("heldout", "train"):
         texts = [t for _, t in corpus.documents(split, source)]

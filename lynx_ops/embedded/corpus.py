@@ -46,33 +46,25 @@ def _bucket(rel: str) -> int:
     return int(hashlib.sha256(rel.encode()).hexdigest()[:8], 16) % HELD_OUT_EVERY
 
 
+def _in_split(name: str, split: str) -> bool:
+    return (_bucket(name) == 0) == (split == "heldout")
+
+
+def _sources(root: Path, base: Path):
+    """(name relative to base, path) of the .py files under root, sorted, minus skipped
+    directories and files over MAX_FILE_BYTES."""
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(base).as_posix()
+        if not (set(rel.split("/")[:-1]) & _SKIP_DIRS or path.stat().st_size > MAX_FILE_BYTES):
+            yield rel, path
+
+
 def files(split: str, root: Path | None = None) -> list[Path]:
     """Sorted stdlib .py files of a split: 'train' or 'heldout'."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split {split!r}: use 'train' or 'heldout'")
     root = root or stdlib_root()
-    out = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if set(rel.split("/")[:-1]) & _SKIP_DIRS or path.stat().st_size > MAX_FILE_BYTES:
-            continue
-        if (_bucket(rel) == 0) == (split == "heldout"):
-            out.append(path)
-    return out
-
-
-def texts(split: str, root: Path | None = None) -> list[str]:
-    return [p.read_text(encoding="utf-8", errors="replace") for p in files(split, root)]
-
-
-def fingerprint(paths: list[Path], root: Path | None = None) -> str:
-    """sha256 over the relative paths and contents: what exactly was read."""
-    root = root or stdlib_root()
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    return [path for rel, path in _sources(root, root) if _in_split(rel, split)]
 
 
 def _check(split: str, source: str) -> None:
@@ -91,11 +83,7 @@ def _package_documents() -> list[tuple[str, Path | str]]:
             raise RuntimeError(f"corpus 'proxy' needs the package {dist} (requirements/"
                                "cpu-lock.txt pins it; run scripts/setup_cpu_env.sh)")  # fmt: skip
         root = Path(next(iter(spec.submodule_search_locations)))
-        for path in sorted(root.rglob("*.py")):
-            rel = path.relative_to(root.parent).as_posix()
-            if set(rel.split("/")[:-1]) & _SKIP_DIRS or path.stat().st_size > MAX_FILE_BYTES:
-                continue
-            docs.append((f"site-packages/{rel}", path))
+        docs += [(f"site-packages/{rel}", path) for rel, path in _sources(root, root.parent)]
         meta = importlib.metadata.distribution(dist).read_text("METADATA") or ""
         if meta:
             docs.append((f"metadata/{dist}", meta))
@@ -115,12 +103,11 @@ def documents(split: str, source: str = "stdlib", archive: Path | str | None = N
                     f"{archive}: holds corpus {header.get('source')!r}, not {source!r}"
                 )
             rows = [json.loads(line) for line in f]
-        return [(n, t) for n, t in rows if (_bucket(n) == 0) == (split == "heldout")]
+        return [(n, t) for n, t in rows if _in_split(n, split)]
     root = stdlib_root()
     out = [(p.relative_to(root).as_posix(), p) for p in files(split, root)]
     if source == "proxy":
-        out += [(n, d) for n, d in _package_documents()
-                if (_bucket(n) == 0) == (split == "heldout")]  # fmt: skip
+        out += [(n, d) for n, d in _package_documents() if _in_split(n, split)]
     return sorted((n, d if isinstance(d, str) else d.read_text(encoding="utf-8", errors="replace"))
                   for n, d in out)  # fmt: skip
 
