@@ -133,20 +133,26 @@ def _skip_once(path: Path, why: str) -> None:
         logger.warning("[lynx] /metrics skips %s: %s", path, why)
 
 
+def _records(directory: Path, kind: str):
+    """(path, parsed JSON) of every `<kind>-*.json` file, sorted. A file that cannot be read or
+    parsed is skipped (and said once); one replaced or removed while reading is simply absent
+    (the next scrape has it)."""
+    for path in sorted(directory.glob(f"{kind}-*.json")):
+        try:
+            yield path, json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RecursionError) as e:
+            _skip_once(path, f"unreadable ({e.__class__.__name__})")
+
+
 def read_all(directory: Path) -> list[dict[str, Any]]:
     """Every live worker's latest file, its well-formed rows only (a worker that has not written
     yet is simply absent). A file that cannot be read or parsed, a malformed row, or the file of a
     worker process that has exited is skipped (and said once): one bad file must not take down
     the scrape, vLLM's own metrics included."""
     out = []
-    for path in sorted(directory.glob("worker-*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except FileNotFoundError:  # replaced or removed while reading: the next scrape has it
-            continue
-        except (OSError, ValueError, RecursionError) as e:
-            _skip_once(path, f"unreadable ({e.__class__.__name__})")
-            continue
+    for path, record in _records(directory, "worker"):
         rows = _valid_rows(record)
         if rows is None:
             _skip_once(path, "not a Lynx worker file")
@@ -166,14 +172,7 @@ def _number(v: Any) -> bool:
 def read_controllers(directory: Path) -> list[dict[str, Any]]:
     """Every live engine core's controller file, well-formed ones only (as read_all)."""
     out = []
-    for path in sorted(directory.glob("controller-*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError, RecursionError) as e:
-            _skip_once(path, f"unreadable ({e.__class__.__name__})")
-            continue
+    for path, record in _records(directory, "controller"):
         steps = record.get("steps_at") if isinstance(record, dict) else None
         ok = (isinstance(steps, dict) and isinstance(record.get("pid"), int)
               and _number(record.get("target_ms")) and isinstance(record.get("budget"), int)
