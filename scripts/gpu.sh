@@ -12,6 +12,8 @@
 #
 # Stages (each logs to $RES/<stage>.log, results under $RES/<stage>/):
 #   offline:SHAPE   lynx-bench offline, stock / Lynx / stock + ceilings, calibrated router
+#   offline:SHAPE@FILE  only a Lynx engine with perf/policies/FILE.json: stock and ceilings are
+#                   reused from an earlier offline:SHAPE stage of the same chain (--reuse)
 #   online:SHAPE    lynx-bench online (vllm bench serve), stock / Lynx / stock, calibrated router
 #   soak:SHAPE      lynx-bench soak: flag off, then on, LYNX_SOAK_MINUTES (default 10) each of
 #                   mixed traffic, vllm bench serve, cut streams and malformed requests
@@ -19,7 +21,8 @@
 #                   (default bins; also budget, keep_k0), each cut at LYNX_KERNEL_TIMEOUT s (300)
 #   kernel-sweep    perf/bench_kernel.py --sweep: every launch shape and selection variant
 #                   (LYNX_SWEEP_SHAPES: name prefixes; LYNX_SWEEP_BATCHES, default 1 8 32 64 256)
-#   cuda-tests      pytest -m cuda (the op's CUDA tier; LYNX_CUDA_TESTS picks files, default tests)
+#   cuda-tests      pytest -m cuda (the op's CUDA tier; LYNX_CUDA_TESTS picks files, default tests;
+#                   LYNX_CUDA_WORKERS pytest-xdist workers, default 8)
 #   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
 #                   two-GPU tests skip on one GPU)
 #   main-job        python -m lynx_ops.demo (the README's main job, on the GPU)
@@ -63,8 +66,12 @@ ceilings_of() {  # expert counts K that bracket what Lynx reaches at B = 8..64
 }
 
 stage() {
-  local name="$1" kind="${1%%:*}" shape="${1#*:}" dir="$RES/${1/:/_}"
+  local name="$1" kind="${1%%:*}" shape="${1#*:}" dir="$RES/${1/:/_}" policy="" extra=""
+  case "$shape" in *@*) policy="${shape#*@}" shape="${shape%@*}" ;; esac
   local layers; layers="$(layers_of "$shape")"
+  if [ -n "$policy" ]; then  # offline:SHAPE@FILE: perf/policies/FILE.json, the rest reused
+    extra="--policy-file perf/policies/$policy.json --reuse $RES/${kind}_$shape/results.json"
+  fi
   echo "$(date +%T) $name start" >> "$RES/stages"
   case "$kind" in
     offline)
@@ -73,7 +80,7 @@ stage() {
         --output-len 64 --repeats 3 --ceiling $(ceilings_of "$shape") \
         --engine-arg gpu_memory_utilization=0.85 \
         --engine-arg 'compilation_config={"cudagraph_capture_sizes":[1,8,16,32,64]}' \
-        ${LYNX_OFFLINE_EXTRA:-} --out "$dir" ;;
+        ${LYNX_OFFLINE_EXTRA:-} $extra --out "$dir" ;;
     online)
       python3 -m lynx_ops.bench.cli online --shape "$shape" ${layers:+--layers $layers} \
         --router "${LYNX_ROUTER:-calibrated}" --input-len 512 --output-len 256 \
@@ -93,7 +100,8 @@ stage() {
     kernel-sweep) mkdir -p "$dir" && python3 perf/bench_kernel.py --sweep \
         ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --batches ${LYNX_SWEEP_BATCHES:-1 8 32 64 256} --out "$dir/kernel_sweep.csv" ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest ${LYNX_CUDA_TESTS:-tests} -m cuda -v --tb=short -rfE \
-        -p no:cacheprovider ;;  # -v: a cut run still names its failures
+        -p no:cacheprovider -n "${LYNX_CUDA_WORKERS:-8}" ;;  # -v: a cut run still names its failures;
+        # -n: pytest-xdist workers, since the tier's time is mostly Triton compiling on the CPU
     vllm-gpu-tests) mkdir -p "$dir" && LYNX_RESULTS_DIR="$dir" python3 -m pytest ${LYNX_GPU_TESTS:-tests/vllm_gpu} \
         -m vllm_gpu -q -p no:cacheprovider -o addopts="" -rfEs ;;
     main-job) mkdir -p "$dir" && python3 -m lynx_ops.demo ;;

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lynx_ops.bench import model_configs, plot, router_realism
-from lynx_ops.bench.commands.offline import _ceiling_at
+from lynx_ops.bench.commands.offline import _ceiling_at, _reusable
 from lynx_ops.bench.nvml import NvmlSampler
 
 
@@ -49,6 +49,16 @@ def test_ceiling_interpolates_between_measured_expert_counts():
     assert _ceiling_at(ceiling, 8, 32.8) == pytest.approx(10.1)
     assert _ceiling_at(ceiling, 8, 80.0) is None  # outside what was measured: no made-up number
     assert _ceiling_at(ceiling, 16, 48.0) is None
+
+
+def test_reuse_takes_a_lynx_run_only_from_the_same_policy():
+    earlier = {"stock": {"rows": [1]}, "lynx": {"rows": [2], "policy": "family default"},
+               "ceiling32": {"rows": [3]}}  # fmt: skip
+    assert _reusable(earlier, "family default") == earlier
+    other = _reusable(earlier, '[{"kind": "budget"}]')
+    assert set(other) == {"stock", "ceiling32"} and other["stock"] == earlier["stock"]
+    # a run recorded before runs named their policy is never taken for a Lynx side
+    assert "lynx" not in _reusable({"lynx": {"rows": [2]}}, "family default")
 
 
 def test_nvml_sampler_degrades_to_a_reason_without_a_gpu():

@@ -54,7 +54,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="extra LLM(...) argument, e.g. enforce_eager=true")  # fmt: skip
     parser.add_argument("--reuse", metavar="RESULTS_JSON",
                         help="take runs already in an earlier results.json of the same workload "
-                             "(same flags) instead of running them again")  # fmt: skip
+                             "(same flags) instead of running them again; its Lynx run only "
+                             "when it ran the same --policy-file")  # fmt: skip
     parser.add_argument("--out", default="perf/results/lynx-bench")
 
 
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
                               max_lora_rank=args.lora_rank)  # fmt: skip
     router, policy = args.router_label, policy_label(args)
     workload = json.loads(json.dumps(_comparable(spec, args)))  # as it reads back from JSON
-    reused = _load_reuse(args.reuse, workload) if args.reuse else {}
+    reused = _reusable(_load_reuse(args.reuse, workload), policy) if args.reuse else {}
 
     def run(label: str, env_extra: dict[str, str]) -> dict:
         if label in reused:
@@ -87,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
             return reused[label]
         return run_worker(label, spec, env_extra, work)
 
-    runs = {"stock": run("stock", {}), "lynx": run("lynx", lynx_env(args))}
+    runs = {"stock": run("stock", {}), "lynx": {**run("lynx", lynx_env(args)), "policy": policy}}
     if args.stock_again:
         # Stock, Lynx, stock: the two stock engines bracket Lynx, so their mean cancels a linear
         # drift of the machine and their difference is the run's noise floor.
@@ -183,6 +184,14 @@ def _comparable(spec: dict, args: argparse.Namespace) -> dict:
     return {**{k: v for k, v in spec.items() if k not in ("model", "lora")},
             "lora": {"adapters": args.lora_adapters, "rank": args.lora_rank},
             "source": args.shape or args.model, "layers": args.layers, "tiny": args.tiny}  # fmt: skip
+
+
+def _reusable(runs: dict[str, dict], policy: str) -> dict[str, dict]:
+    """The earlier runs this one may take over: all of them, except a Lynx run made with another
+    policy (or recorded before runs named their policy), so that one set of stock and ceiling
+    engines serves several policies, each call starting only its own Lynx engine."""
+    return {label: run for label, run in runs.items()
+            if label != "lynx" or run.get("policy") == policy}  # fmt: skip
 
 
 def _load_reuse(path: str, workload: dict) -> dict[str, dict]:
