@@ -83,7 +83,7 @@ def _sweep(args, prov) -> list[dict]:
                     if warps != fused.num_warps:
                         configs[f"fused_w{warps}"] = dataclasses.replace(fused, num_warps=warps)
             configs["auto"] = launch_config(T, shape.E, shape.k)
-            # the selection variants (LaunchConfig.variant: 1 one-key picks, 2 one top-k) on
+            # the selection variant (LaunchConfig.variant: 1 one-key picks) on
             # every launch shape above, the default's beside them
             for label, cfg in list(configs.items()):
                 if label != "auto":
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--out", default="perf/results/kernel_latency.csv")
     ap.add_argument("--batches", type=int, nargs="*", default=BATCHES)
     ap.add_argument("--sweep", action="store_true", help="time every launch shape, see above")
-    ap.add_argument("--variants", type=int, nargs="*", default=[1, 2],
+    ap.add_argument("--variants", type=int, nargs="*", default=[1],
                     help="selection variants the sweep times beside the default (configs.py)")  # fmt: skip
     ap.add_argument("--shapes", nargs="*", default=[], help="only shapes whose name starts so")
     ap.add_argument("--policy", choices=["bins", "budget", "keep_k0"], default="bins")

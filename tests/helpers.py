@@ -155,9 +155,9 @@ DEVICES = [
 ]
 
 
-# "-v1"/"-v2": the selection variants of kernels/configs.LaunchConfig.variant (one key with the
-# histogram's rank; and that key with one top-k), which must equal the reference as the default does
-PATHS = ["auto", "fused", "split", "fused-v1", "split-v1", "fused-v2", "split-v2"]
+# "-v1": the selection variant of kernels/configs.LaunchConfig.variant (one key with the
+# histogram's rank), which must equal the reference as the default does
+PATHS = ["auto", "fused", "split", "fused-v1", "split-v1"]
 
 
 def path_config(path: str, args):

@@ -217,3 +217,11 @@ def test_nan_correction_bias_keeps_every_row_vanilla_on_both_paths(device, path)
     for out in (got, want):
         assert torch.equal(out[1].cpu(), ids) and torch.equal(out[0].cpu(), w)
     assert torch.equal(got[2].cpu(), want[2])
+
+
+def test_launch_config_refuses_an_unknown_selection_variant():
+    from lynx_ops.kernels.configs import LaunchConfig
+
+    assert LaunchConfig(True, 8, 1, variant=1).variant == 1
+    with pytest.raises(ValueError, match="variant must be 0 or 1, got 2"):
+        LaunchConfig(True, 8, 1, variant=2)

@@ -31,11 +31,17 @@ class LaunchConfig:
     fused: bool
     block_t: int
     num_warps: int
-    # How the k picks of a row are selected (kernels/remap.py, _block_kept): 0 two keys with two
-    # row reductions per pick (the default, measured); 1 one key (the histogram's rank) with one
-    # reduction per pick; 2 that key with one bitonic top-k for all k picks. 1 and 2 are exact
-    # and tested, and await their H200 sweep (perf/bench_kernel.py --sweep) before any default.
+    # How the k candidates of a row are picked (kernels/remap.py, _block_kept): 0 two keys with
+    # two row reductions per pick (the default, measured); 1 one key (the histogram's rank) with
+    # one reduction per pick, exact and tested, awaiting its H200 sweep (perf/bench_kernel.py
+    # --sweep) before any default. A third, one bitonic top-k (tl.topk) for all k picks, was
+    # exact in the interpreter but not on the H200 (Triton 3.6: duplicate ids in 2 of 12 family
+    # shapes at T=1, and no compile at k=1), so it was removed.
     variant: int = 0
+
+    def __post_init__(self):
+        if self.variant not in (0, 1):
+            raise ValueError(f"LaunchConfig.variant must be 0 or 1, got {self.variant!r}")
 
 
 def _warps(tile: int) -> int:

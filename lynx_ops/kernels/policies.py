@@ -227,7 +227,7 @@ def _budget_final_kernel(
         kept, x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
         before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr, out_w_ptr, out_id_ptr,
         touched_ptr, T, E, P, alpha, scale, group_size,
-        K, BETA, SCORING, RULE, GROUPED, EPS, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, False,
+        K, BETA, SCORING, RULE, GROUPED, EPS, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK,
     )  # fmt: skip
 
 
@@ -279,7 +279,7 @@ def keep_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, 
         *args, num_valid, bias, masks[0], masks[1], masks[2], top1, moved, counter,
         out_w, out_ids, touched,
         num_rows, num_experts, blocks, 1.0, float(scale), group_size,
-        BETA=1, RULE=int(WeightRule(weight_rule)), BLOCK_K=block_k, CHUNK=chunk, VARIANT=0,
+        BETA=1, RULE=int(WeightRule(weight_rule)), BLOCK_K=block_k, CHUNK=chunk,
         **common,
     )  # fmt: skip
     return out_w, out_ids, touched

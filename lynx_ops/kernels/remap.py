@@ -133,24 +133,12 @@ def _hist_rank(hist, col_ok):
 
 
 @triton.jit
-def _kth_largest(key, K: tl.constexpr, BLOCK_K: tl.constexpr, below):
-    """[BT] the K-th largest key of each row and [BT, BLOCK_K] its BLOCK_K largest, best first
-    (one bitonic top-k instead of K dependent row reductions)."""
-    if BLOCK_K == 1:  # top-1: one reduction (tl.topk reduces a width-1 result away)
-        best = tl.max(key, axis=1)
-        return best, best[:, None]
-    top = tl.topk(key, BLOCK_K, dim=1)
-    kcols = tl.arange(0, BLOCK_K)
-    return tl.max(tl.where(kcols[None, :] == K - 1, top, below), axis=1), top
-
-
-@triton.jit
 def _block_kept(d, q, allowed, vanilla, hist, valid, cols, col_ok,
                 K: tl.constexpr, BETA: tl.constexpr, VARIANT: tl.constexpr,
                 BLOCK_K: tl.constexpr):  # fmt: skip
     """[BE] int32: 1 for experts among the k candidates of some valid row of this block.
     VARIANT 0: two keys, two row reductions per pick; 1: one key with the histogram's rank in
-    place of the histogram, one reduction per pick; 2: that key, one top-k for all k picks."""
+    place of the histogram, one reduction per pick."""
     gap = 0x7FFFFFFF - tl.abs(d).to(tl.int32, bitcast=True)  # smaller |d| -> larger
     if VARIANT == 0:
         key1 = tl.where(allowed, ((BETA + q).to(tl.int64) << 60) | hist[None, :], -1)
@@ -168,15 +156,11 @@ def _block_kept(d, q, allowed, vanilla, hist, valid, cols, col_ok,
         key = (((BETA + q).to(tl.int64) << 53) | (rank[None, :] << 42)
                | (gap.to(tl.int64) << _TIE_BITS) | _tie_bits(vanilla, cols))  # fmt: skip
         key = tl.where(allowed, key, -1)
-        if VARIANT == 1:
-            voted = tl.zeros(key.shape, dtype=tl.int1)
-            for _ in tl.static_range(K):
-                chosen = key == tl.max(key, axis=1)[:, None]
-                voted = voted | chosen
-                key = tl.where(chosen, -2, key)
-        else:
-            kth, _ = _kth_largest(key, K, BLOCK_K, -1)
-            voted = allowed & (key >= kth[:, None])
+        voted = tl.zeros(key.shape, dtype=tl.int1)
+        for _ in tl.static_range(K):
+            chosen = key == tl.max(key, axis=1)[:, None]
+            voted = voted | chosen
+            key = tl.where(chosen, -2, key)
     return tl.max((voted & valid[:, None]).to(tl.int32), axis=0)
 
 
@@ -186,12 +170,10 @@ def _block_final(
     x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
     E, scale,
     K: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr, BLOCK_K: tl.constexpr,
-    SELECT: tl.constexpr = 0,
 ):  # fmt: skip
     """Final choice, inside the kept set first, weights and outputs for every row of the block
     (padding rows get their vanilla values). Returns [BE] int32 masks of the experts the block's
-    valid rows use before and after. SELECT 0 picks the k experts with k row reductions, 1 with
-    one top-k."""
+    valid rows use before and after."""
     kcols = tl.arange(0, BLOCK_K)
     k_ok = kcols < K
     key = _score_key(s, vanilla, cols)
@@ -200,21 +182,16 @@ def _block_final(
     # the bins policy's kept set always holds k for every row), never a disallowed one.
     key = key + (kept[None, :] > 0).to(tl.int64) * (1 << 60)
     key = tl.where(allowed, key, _INT64_MIN)
-    if SELECT == 0:
-        # -1 in the padded columns (k not a power of two) so they never match a vanilla id
-        new_ids = tl.full([s.shape[0], BLOCK_K], -1, dtype=tl.int32)
-        final = tl.zeros(key.shape, dtype=tl.int1)
-        for i in tl.static_range(K):
-            best = tl.max(key, axis=1)
-            chosen = key == best[:, None]
-            final = final | chosen
-            pick = 1023 - (best & 1023).to(tl.int32)
-            new_ids = tl.where(kcols[None, :] == i, pick[:, None], new_ids)
-            key = tl.where(chosen, _INT64_MIN, key)
-    else:
-        kth, top = _kth_largest(key, K, BLOCK_K, _INT64_MIN)
-        final = allowed & (key >= kth[:, None])
-        new_ids = tl.where(kcols[None, :] < K, 1023 - (top & 1023).to(tl.int32), -1)
+    # -1 in the padded columns (k not a power of two) so they never match a vanilla id
+    new_ids = tl.full([s.shape[0], BLOCK_K], -1, dtype=tl.int32)
+    final = tl.zeros(key.shape, dtype=tl.int1)
+    for i in tl.static_range(K):
+        best = tl.max(key, axis=1)
+        chosen = key == best[:, None]
+        final = final | chosen
+        pick = 1023 - (best & 1023).to(tl.int32)
+        new_ids = tl.where(kcols[None, :] == i, pick[:, None], new_ids)
+        key = tl.where(chosen, _INT64_MIN, key)
 
     mk = row_ok[:, None] & k_ok[None, :]
     v_ids = tl.load(id_ptr + rows[:, None] * si_t + kcols[None, :] * si_k, mask=mk, other=0)
@@ -324,7 +301,7 @@ def _fused_kernel(
     before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
-        E, scale, K, SCORING, RULE, BLOCK_K, VARIANT == 2,
+        E, scale, K, SCORING, RULE, BLOCK_K,
     )  # fmt: skip
     _store_touched(touched_ptr, before, after, top1, n, moved)
 
@@ -394,7 +371,6 @@ def _final_kernel(
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
     GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
-    VARIANT: tl.constexpr,
 ):  # fmt: skip
     """Launch 3 of 3: the kept set from the blocks' partials (OR), then `_final_rows`. The keep_k0
     policy's split path launches it too, after its own partials (kernels/policies.py)."""
@@ -404,7 +380,7 @@ def _final_kernel(
         kept, x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
         before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr, out_w_ptr, out_id_ptr,
         touched_ptr, T, E, P, alpha, scale, group_size,
-        K, BETA, SCORING, RULE, GROUPED, EPS, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK, VARIANT == 2,
+        K, BETA, SCORING, RULE, GROUPED, EPS, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK,
     )  # fmt: skip
 
 
@@ -416,7 +392,6 @@ def _final_rows(
     K: tl.constexpr, BETA: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
     GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
-    SELECT: tl.constexpr,
 ):  # fmt: skip
     """Final choice and outputs for this program's block of rows (padding rows too) given the
     batch's kept set [BE]; the last block to finish counts the experts touched over all blocks."""
@@ -434,7 +409,7 @@ def _final_rows(
     before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
-        E, scale, K, SCORING, RULE, BLOCK_K, SELECT,
+        E, scale, K, SCORING, RULE, BLOCK_K,
     )  # fmt: skip
     tl.store(before_ptr + pid * BLOCK_E + cols, before.to(tl.int8))
     tl.store(after_ptr + pid * BLOCK_E + cols, after.to(tl.int8))
@@ -542,7 +517,6 @@ def remap_triton(
         counter,
         out_w, out_ids, touched,
         num_rows, num_experts, blocks, alpha, scale, group_size,
-        RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=block_k, CHUNK=chunk, VARIANT=cfg.variant,
-        **meta,
+        RULE=rule, BLOCK_T=cfg.block_t, BLOCK_K=block_k, CHUNK=chunk, **meta,
     )  # fmt: skip
     return out_w, out_ids, touched
