@@ -52,14 +52,13 @@ def test_fewest_experts_within_the_limit_per_batch():
 def test_the_written_policy_resolves_to_the_measured_setting_at_every_batch(tmp_path, limit):
     config = json.loads((Path(embedded.MODEL_DIR) / "config.json").read_text())
     default = select_policy(config, config_file=None).policy
-    top_k = config["num_experts_per_tok"]
     picked = choose(ROWS, limit)
     path = tmp_path / "policy.json"
-    write_policy(policy_entry(picked, config["model_type"], top_k, default), path)
+    write_policy(policy_entry(picked, config["model_type"], default), path)
     policy = select_policy(config, config_file=path).policy
     for batch, row in picked.items():
         # what the frontier ran: the family default with the setting's fields (or no remap)
-        fields = parse_setting(row["setting"]) if row else {"kind": "keep_k0", "k0": top_k}
+        fields = parse_setting(row["setting"]) if row else {"kind": "off"}
         want = dataclasses.replace(default, **fields)
         for rows in (batch, batch - 1):  # the bucket covers the measured size and below it
             got = policy.for_rows(rows)
@@ -81,9 +80,9 @@ def test_cli_on_a_frontier_csv(tmp_path):
                            str(frontier), "--max-dnll-pct", "0.5", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "(none within the limit: vanilla)" in proc.stdout
+    assert "(none within the limit: off)" in proc.stdout
     entry = json.loads(out.read_text())["policies"][0]
-    assert entry["kind"] == "budget" and entry["by_batch"][0]["kind"] == "keep_k0"
+    assert entry["kind"] == "budget" and entry["by_batch"][0]["kind"] == "off"
     bad = subprocess.run([sys.executable, "-m", "lynx_ops.bench.cli", "choose", "--frontier",
                           str(out), "--out", str(tmp_path / "q.json")],
                          capture_output=True, text=True, timeout=300)  # fmt: skip

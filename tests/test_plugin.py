@@ -162,6 +162,39 @@ def _qwen3_layer(monkeypatch, tmp_path=None, entry: dict | None = None):
     return layers.attach(runner, config)
 
 
+def test_a_bucket_turned_off_routes_vanilla_without_the_op(monkeypatch, tmp_path):
+    """kind "off" in a by_batch bucket: steps of that padded size keep the router's choice and
+    never reach the op (LayerState.remap refuses them); larger steps still remap."""
+    import torch
+    import vllm.forward_context as fc
+    from vllm.config import CUDAGraphMode
+
+    from lynx_ops.reference import remap_ref
+    from tests.helpers import Shape, make_batch
+
+    entry = {"kind": "bins", "alpha": 3, "beta": 2, "by_batch": [{"max_batch": 8, "kind": "off"}]}
+    state = _qwen3_layer(monkeypatch, tmp_path, entry)
+    assert "B<=8: off (vanilla routing)" in state.policy.describe()
+    ctx = SimpleNamespace(cudagraph_runtime_mode=CUDAGraphMode.NONE,
+                          attn_metadata={"attn": SimpleNamespace(max_query_len=1)})  # fmt: skip
+    monkeypatch.setattr(fc, "is_forward_context_available", lambda: True)
+    monkeypatch.setattr(fc, "get_forward_context", lambda: ctx)
+
+    x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 16, seed=3)
+    ctx.attn_metadata["attn"].query_start_loc = torch.arange(9, dtype=torch.int32)  # 8 of 8
+    layers.DECISIONS.clear()
+    off_w, off_ids, remapped = layers.route(state, x[:8], w[:8], ids[:8])
+    assert not remapped and torch.equal(off_w, w[:8]) and torch.equal(off_ids, ids[:8])
+    assert layers.DECISIONS == {layers.POLICY_OFF: 1}
+    with pytest.raises(RuntimeError, match="turns off"):
+        state.remap(x[:8], w[:8], ids[:8], torch.tensor([8]))
+
+    ctx.attn_metadata["attn"].query_start_loc = torch.arange(17, dtype=torch.int32)  # 16 of 16
+    got_w, got_ids, remapped = layers.route(state, x, w, ids)
+    want = remap_ref(x, w, ids, torch.tensor([16]), None, 3.0, 2, *TAIL)
+    assert remapped and torch.equal(got_ids, want[1]) and not torch.equal(got_ids, ids)
+
+
 def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
     """The function both hooks call, with a real policy and op, under a hand-built context."""
     import torch
@@ -461,9 +494,10 @@ def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
 
 
 def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path):
-    """by_batch: 16 padded rows take the bucket's budget (its own device scalar), 32 take the base
-    bins setting (the family's, alpha 4 beta 4: an entry that sets only by_batch keeps the rest);
-    each equals the reference for that setting."""
+    """by_batch: 16 padded rows take the bucket's budget (its own device scalar), 32 the base
+    setting, the family's (an entry that sets only by_batch keeps the rest): off above 32 rows at
+    Qwen3's 128 x 8, so the router's choice; under a base of bins alpha 4 beta 4, that setting.
+    Each equals the reference for its setting."""
     import torch
 
     from lynx_ops.reference import budget_ref, remap_ref
@@ -480,6 +514,13 @@ def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path)
         n = torch.tensor([valid])
         if rows == 16:
             want = budget_ref(x, w, ids, n, None, torch.tensor([12]), 1.0, 0, 4.0, 4, *TAIL)
+            assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])
         else:
-            want = remap_ref(x, w, ids, n, None, 4.0, 4, *TAIL)
-        assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])
+            assert not remapped and torch.equal(got_ids, ids) and torch.equal(got_w, w)
+    bins = _qwen3_layer(monkeypatch, tmp_path, {"kind": "bins", "by_batch": [
+        {"max_batch": 16, "kind": "budget", "budget": 12}]})  # fmt: skip
+    x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), 32, seed=32, spread=1.2)
+    _eager_decode_step(monkeypatch, 30)
+    got_w, got_ids, remapped = layers.route(bins, x, w, ids)
+    want = remap_ref(x, w, ids, torch.tensor([30]), None, 4.0, 4, *TAIL)
+    assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])

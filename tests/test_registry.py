@@ -93,14 +93,15 @@ def _write(tmp_path, data) -> str:
 
 def test_qwen3_defaults_follow_the_router_shape():
     """128 experts / top-8 (Qwen3-30B-A3B, 235B-A22B): the settings the rule chose on the
-    Qwen3-shaped proxy, per padded batch size; any other Qwen3-MoE shape: the authors' (3, 2)."""
+    Qwen3-shaped proxy, per padded batch size, and off above 32 rows (no setting ran faster than
+    stock there on the H200); any other Qwen3-MoE shape: the authors' (3, 2)."""
     p = select_policy(CONFIGS["qwen3-30b-a3b"]).policy
     got = {t: (p.for_rows(t).kind, p.for_rows(t).k0, p.for_rows(t).alpha, p.for_rows(t).beta)
            for t in (1, 8, 9, 16, 17, 32, 33, 512)}  # fmt: skip
     assert got == {1: ("keep_k0", 6, 4.0, 4), 8: ("keep_k0", 6, 4.0, 4),
                    9: ("keep_k0", 6, 4.0, 4), 16: ("keep_k0", 6, 4.0, 4),
                    17: ("keep_k0", 5, 4.0, 4), 32: ("keep_k0", 5, 4.0, 4),
-                   33: ("bins", 0, 4.0, 4), 512: ("bins", 0, 4.0, 4)}  # fmt: skip
+                   33: ("off", 0, 4.0, 4), 512: ("off", 0, 4.0, 4)}  # fmt: skip
     # the chosen file from the frontier says the same (perf/policies/qwen3_proxy_choose_1pct.json)
     from pathlib import Path
 
@@ -108,6 +109,9 @@ def test_qwen3_defaults_follow_the_router_shape():
     q = select_policy(CONFIGS["qwen3-30b-a3b"], config_file=str(chosen)).policy
     for t in got:
         a, b = p.for_rows(t), q.for_rows(t)
+        if t > 32:  # the file's choice there (bins alpha 4 beta 4) measured slower than stock
+            assert (b.kind, b.alpha, b.beta) == ("bins", 4.0, 4), t
+            continue
         assert (a.kind, a.k0, a.alpha, a.beta) == (b.kind, b.k0, b.alpha, b.beta), t
     small = {**CONFIGS["qwen3-30b-a3b"], "num_experts": 32, "num_experts_per_tok": 4}
     s = select_policy(small).policy
@@ -120,6 +124,8 @@ def test_policy_file_overrides_only_what_it_sets(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_LYNX_CONFIG_FILE", path)
     p = select_policy(CONFIGS["qwen3-30b-a3b"]).policy
     assert (p.alpha, p.beta, p.weight_rule) == (1.0, 4, WeightRule.RENORMALIZE)
+    # the family is off above 32 rows; an entry that sets alpha means bins at every batch size
+    assert p.kind == "bins" and p.for_rows(64).kind == "bins"
     assert p.applies_to_layer(2) and not p.applies_to_layer(1)
     assert "policies[0]" in p.source
     # an entry that sets the routing sets it at every batch size: the family's by_batch goes

@@ -65,22 +65,23 @@ def choose(rows: list[dict[str, Any]], max_dnll_pct: float) -> dict[int, dict[st
     return chosen
 
 
-def _setting(row: dict[str, Any] | None, top_k: int) -> dict[str, Any]:
-    return parse_setting(row["setting"]) if row else {"kind": "keep_k0", "k0": top_k}
+def _setting(row: dict[str, Any] | None) -> dict[str, Any]:
+    # no setting within the limit: vanilla routing, without the op's own time
+    return parse_setting(row["setting"]) if row else {"kind": "off"}
 
 
-def policy_entry(chosen: dict[int, dict[str, Any] | None], model_type: str, top_k: int,
+def policy_entry(chosen: dict[int, dict[str, Any] | None], model_type: str,
                  default: Policy) -> dict[str, Any]:  # fmt: skip
     """One policy-file entry: the largest batch's setting as the entry's fields, smaller batches as
     by_batch buckets. A bucket inherits the entry's fields, so it restates every field the entry
     sets and its own setting does not at the family default (`default`), which is what the
     frontier measured that setting with."""
     batches = sorted(chosen)
-    top = _setting(chosen[batches[-1]], top_k)
+    top = _setting(chosen[batches[-1]])
     entry: dict[str, Any] = {"model_type": model_type, **top}
     buckets = []
     for batch in batches[:-1]:
-        own = _setting(chosen[batch], top_k)
+        own = _setting(chosen[batch])
         restated = {f: file_value(getattr(default, f)) for f in top if f in BATCH_FIELDS
                     and f not in own}  # fmt: skip
         buckets.append({"max_batch": batch, **own, **restated})

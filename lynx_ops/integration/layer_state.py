@@ -26,6 +26,7 @@ LAYERS: dict[str, LayerState] = {}
 # Host-side decisions (eager steps, warm-ups and captures; a graph replay runs no Python).
 DECISIONS: collections.Counter[str] = collections.Counter()
 SINGLE_ROW = "single row (the remap is the identity)"
+POLICY_OFF = "policy off at this batch size"
 LOGGED: set[str] = set()
 
 
@@ -66,6 +67,10 @@ class LayerState:
         """The policy's op on one decode step's routing; the setting follows the padded row count,
         which is fixed per captured graph."""
         p, groups = self.policy.for_rows(topk_ids.shape[0]), self.facts.num_expert_group
+        if p.kind == "off":  # route() bypasses these steps before calling here
+            raise RuntimeError(
+                f"lynx: remap called for a step its policy turns off ({p.setting()})"
+            )
         tail = (int(p.scoring), int(p.weight_rule), float(p.scale), groups)
         if p.kind == "budget":
             budget = self.budgets[id(p)]

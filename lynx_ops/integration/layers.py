@@ -21,6 +21,7 @@ from lynx_ops.integration import layer_state
 from lynx_ops.integration.layer_state import (  # noqa: F401  (the names the hooks and benches use)
     DECISIONS,
     LAYERS,
+    POLICY_OFF,
     SINGLE_ROW,
     LayerState,
     layer_index,
@@ -155,8 +156,12 @@ def route(
         # One row (batch-1 decode, or its captured graph): the remap is the identity there, so the
         # op would only cost time (on an H100, 0.5 ms a step over 48 layers at batch 1).
         reason = SINGLE_ROW
+    elif (
+        ph.rows is not None and not state.ceiling and state.policy.for_rows(num_rows).kind == "off"
+    ):
+        reason = POLICY_OFF  # fixed per captured graph, as the padded row count is
     DECISIONS[reason] += 1
-    if ph.rows is None or reason == SINGLE_ROW:
+    if ph.rows is None or reason in (SINGLE_ROW, POLICY_OFF):
         return topk_weights, topk_ids, False
     if state.ceiling:  # k consecutive experts mod K from the row's top-1: distinct, union <= K
         k = topk_ids.shape[1]

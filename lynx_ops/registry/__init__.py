@@ -290,6 +290,9 @@ def select_policy(config: Any, config_file: Any = _FROM_ENV) -> Selection:
                     # an entry that sets the routing sets it at every batch size: the family's
                     # own per-batch settings go with the rest of its setting
                     overrides["by_batch"] = ()
+                if set(overrides) & set(BATCH_FIELDS) and start.kind == "off":
+                    # ... and a family off at some batch sizes turns on: alpha=1 means bins
+                    overrides.setdefault("kind", "bins")
                 try:
                     base = dataclasses.replace(start, **overrides, source=entry.where)
                 except PolicyError as e:

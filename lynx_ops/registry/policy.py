@@ -8,7 +8,7 @@ import math
 
 from lynx_ops.routing import MAX_BETA, BatchScore, Scoring, WeightRule
 
-KINDS = ("bins", "budget", "keep_k0")
+KINDS = ("bins", "budget", "keep_k0", "off")
 # What a per-batch-size setting may change: the policy, not the router's facts.
 BATCH_FIELDS = ("alpha", "beta", "kind", "budget", "fraction", "batch_score", "k0")
 
@@ -30,7 +30,9 @@ class Policy:
     kind (docs/ALGORITHM.md, "Other policies"): `bins`, Lynx's (alpha, beta); `budget`, at most
     `budget` experts a step (0 = no absolute cap), and at most ceil(fraction * the step's vanilla
     union), ranked by `batch_score` (count, or hist with alpha/beta), every row's top-1 kept;
-    `keep_k0`, each row keeps its top `k0` and fills the rest from the batch's top-k0 union.
+    `keep_k0`, each row keeps its top `k0` and fills the rest from the batch's top-k0 union;
+    `off`, vanilla routing without calling the op (for a batch-size bucket where no setting pays
+    for the op's own time or stays within an accuracy limit).
     """
 
     family: str
@@ -195,7 +197,7 @@ class Policy:
         return (float(self.alpha), self.beta, int(self.scoring), int(self.weight_rule),
                 float(self.scale), self.num_expert_group)  # fmt: skip
 
-    def _how(self) -> str:
+    def setting(self) -> str:
         """The setting in words: kind and its parameters."""
         if self.kind == "budget":
             cap = " ".join(([f"K={self.budget}"] if self.budget else [])
@@ -206,14 +208,16 @@ class Policy:
             return how
         if self.kind == "keep_k0":
             return f"keep_k0 k0={self.k0}"
+        if self.kind == "off":
+            return "off (vanilla routing)"
         return f"alpha={self.alpha:g} beta={self.beta}"
 
     def describe(self) -> str:
         groups = f", groups={self.num_expert_group}" if self.num_expert_group > 1 else ""
         layers = "all MoE layers" if self.layers is None else f"layers {list(self.layers)}"
-        how = self._how()
+        how = self.setting()
         if self._variants:  # the base setting covers the batches above the last bucket
-            sizes = "; ".join(f"B<={b}: {v._how()}" for b, v in self._variants)
+            sizes = "; ".join(f"B<={b}: {v.setting()}" for b, v in self._variants)
             how = f"by batch size: {sizes}; larger: {how};"
         return (f"{self.family}: {how} "
                 f"scoring={self.scoring.name.lower()} weights={self.weight_rule.name.lower()} "

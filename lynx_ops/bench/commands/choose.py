@@ -52,11 +52,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'batch':>5}  {'setting':40s} {'dNLL %':>7} {'experts':>15}")
     for batch, row in picked.items():
         if row is None:
-            print(f"{batch:>5}  {'(none within the limit: vanilla)':40s}")
+            print(f"{batch:>5}  {'(none within the limit: off)':40s}")
             continue
         print(f"{batch:>5}  {row['setting']:40s} {row['dnll_pct']:>+7.2f} "
               f"{row['experts_before']:>6.1f} -> {row['experts_after']:<6.1f}")  # fmt: skip
-    entry = choose.policy_entry(picked, config["model_type"], top_k, default)
+    entry = choose.policy_entry(picked, config["model_type"], default)
     choose.write_policy(entry, Path(args.out))
     print(f"policy file: {args.out} (VLLM_LYNX_CONFIG_FILE={args.out})")
     return 0
