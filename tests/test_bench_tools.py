@@ -457,3 +457,47 @@ def test_online_experts_come_from_the_repeats_that_remapped():
     assert (agg["experts_before"], agg["experts_after"]) == (12.5, 9.5)
     (none,) = aggregate([rows[1]], [])
     assert none["experts_after"] is None and none["remapped_steps"] == 0
+
+
+def test_frontier_in_time_joins_each_batch_setting_with_its_measured_nll(tmp_path):
+    """perf/frontier_in_time.py: a run's policy at each batch size is looked up among the frontier
+    rows of that setting and batch (pooled by their mean); an off bucket costs nothing."""
+    import csv
+
+    from perf.frontier_in_time import table
+
+    entries = [{"model_type": "qwen3_moe", "kind": "bins", "alpha": 3, "beta": 2,
+                "by_batch": [{"max_batch": 8, "kind": "keep_k0", "k0": 6},
+                             {"max_batch": 16, "kind": "off"}]}]  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["batch", "policy", "speedup_tpot",
+                                          "stock_tpot_ms_reference", "lynx_tpot_ms_median",
+                                          "lynx_experts_before", "lynx_experts_after"])  # fmt: skip
+        w.writeheader()
+        for batch, speed in ((8, 1.1), (16, 1.0), (32, 1.05)):
+            w.writerow({"batch": batch, "policy": json.dumps(entries), "speedup_tpot": speed,
+                        "stock_tpot_ms_reference": 10, "lynx_tpot_ms_median": 10 / speed,
+                        "lynx_experts_before": 50, "lynx_experts_after": 40})  # fmt: skip
+    frontier = [
+        {"batch": 8, "setting": "keep_k0:k0=6", "dnll_pct": 0.4, "experts_after": 30.0},
+        {"batch": 8, "setting": "keep_k0:k0=6", "dnll_pct": 0.6, "experts_after": 32.0},
+        {"batch": 8, "setting": "keep_k0:k0=5", "dnll_pct": 2.0, "experts_after": 25.0},
+        {"batch": 32, "setting": "bins:alpha=3,beta=2", "dnll_pct": 4.1, "experts_after": 52.0},
+        {"batch": 32, "setting": "bins:alpha=3,beta=4", "dnll_pct": 1.0, "experts_after": 60.0},
+    ]
+    got = {r["batch"]: r for r in table([run], frontier, "qwen3-moe", None)}
+    assert got[8]["setting"] == "keep_k0 k0=6" and got[8]["frontier_rows"] == 2
+    assert got[8]["dnll_pct"] == pytest.approx(0.5) and got[8]["model_experts_after"] == 31.0
+    assert got[16]["setting"].startswith("off") and got[16]["dnll_pct"] == 0.0
+    assert got[32]["dnll_pct"] == 4.1 and got[32]["speedup_tpot"] == 1.05
+    # a run of the family default needs the file that equals it at the commit that ran it
+    with open(run / "results.csv") as f:
+        rows = [{**r, "policy": "family default"} for r in csv.DictReader(f)]
+    with open(run / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(SystemExit, match="--default-policy"):
+        table([run], frontier, "qwen3-moe", None)
