@@ -15,6 +15,8 @@
 #   offline:SHAPE@FILE  only a Lynx engine with perf/policies/FILE.json: stock and ceilings are
 #                   reused from an earlier offline:SHAPE stage of the same chain (--reuse)
 #   online:SHAPE    lynx-bench online (vllm bench serve), stock / Lynx / stock, calibrated router
+#   online:SHAPE@FILE  only a Lynx server with perf/policies/FILE.json: the stock servers and their
+#                   declared SLOs are reused from an earlier online:SHAPE stage of the chain
 #   soak:SHAPE      lynx-bench soak: flag off, then on, LYNX_SOAK_MINUTES (default 10) each of
 #                   mixed traffic, vllm bench serve, cut streams and malformed requests
 #   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
@@ -69,8 +71,9 @@ stage() {
   local name="$1" kind="${1%%:*}" shape="${1#*:}" dir="$RES/${1/:/_}" policy="" extra=""
   case "$shape" in *@*) policy="${shape#*@}" shape="${shape%@*}" ;; esac
   local layers; layers="$(layers_of "$shape")"
-  if [ -n "$policy" ]; then  # offline:SHAPE@FILE: perf/policies/FILE.json, the rest reused
-    extra="--policy-file perf/policies/$policy.json --reuse $RES/${kind}_$shape/results.json"
+  if [ -n "$policy" ]; then  # KIND:SHAPE@FILE: perf/policies/FILE.json, the stock side reused
+    local earlier="results.json"; [ "$kind" = online ] && earlier="online.json"
+    extra="--policy-file perf/policies/$policy.json --reuse $RES/${kind}_$shape/$earlier"
   fi
   echo "$(date +%T) $name start" >> "$RES/stages"
   case "$kind" in
@@ -88,7 +91,7 @@ stage() {
         --prompts-per-concurrency 2 --min-prompts 4 --slo-multipliers 2 3 4 \
         --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 \
         '--serve-arg=--compilation-config={"cudagraph_capture_sizes":[1,2,4,8,16,24,32,40,48,56,64,80,96,112,128]}' \
-        ${LYNX_ONLINE_EXTRA:-} --out "$dir" ;;
+        ${LYNX_ONLINE_EXTRA:-} $extra --out "$dir" ;;
     soak)
       python3 -m lynx_ops.bench.cli soak --shape "$shape" ${layers:+--layers $layers} \
         --router "${LYNX_ROUTER:-calibrated}" --minutes "${LYNX_SOAK_MINUTES:-10}" \

@@ -501,3 +501,42 @@ def test_frontier_in_time_joins_each_batch_setting_with_its_measured_nll(tmp_pat
         w.writerows(rows)
     with pytest.raises(SystemExit, match="--default-policy"):
         table([run], frontier, "qwen3-moe", None)
+
+
+def test_online_reuse_takes_stock_servers_and_their_slos_from_the_same_workload(tmp_path):
+    from argparse import Namespace
+
+    from lynx_ops.bench.commands.online import _load_reuse, _workload
+
+    def spec():
+        return {"points": [("concurrency", 1.0), ("concurrency", 8.0)], "repeats": 3,
+                "repeat_at": [8.0], "input_len": 512, "output_len": 256, "min_prompts": 4,
+                "prompts_per_concurrency": 2, "rate_duration_s": 30.0,
+                "slo_multipliers": [2.0, 3.0], "slo_abs_ms": [], "slo_ms": [],
+                "slo_file": str(tmp_path / "slo.json")}  # fmt: skip
+
+    args = Namespace(shape="qwen3-moe", model=None, layers=48, tiny=False,
+                     router_label="router preset calibrated")  # fmt: skip
+    serve = ["--max-model-len=784", "--load-format=lynx_dummy"]
+    first = spec()
+    first["slo_ms"], first["vllm_goodput_ms"] = [8.2, 12.3], 12.3
+    earlier = tmp_path / "online.json"
+    runs = {"stock": {"rows": [1]}, "lynx": {"rows": [2]}, "stock_again": {"rows": [3]}}
+    earlier.write_text(json.dumps({"spec": first, "workload": _workload(spec(), args, serve),
+                                   "runs": runs, "policy": "family default"}))  # fmt: skip
+
+    now = spec()
+    got = _load_reuse(str(earlier), _workload(now, args, serve), '[{"kind": "off"}]', now)
+    assert set(got) == {"stock", "stock_again"} and got["stock"] == {"rows": [1]}
+    assert now["slo_ms"] == [8.2, 12.3] and now["vllm_goodput_ms"] == 12.3
+    assert json.loads((tmp_path / "slo.json").read_text())["slo_ms"] == [8.2, 12.3]
+    same = spec()
+    assert set(_load_reuse(str(earlier), _workload(same, args, serve), "family default",
+                           same)) == {"stock", "lynx", "stock_again"}  # fmt: skip
+    other = spec()
+    other["output_len"] = 128
+    with pytest.raises(SystemExit, match="different workload"):
+        _load_reuse(str(earlier), _workload(other, args, serve), "family default", other)
+    with pytest.raises(SystemExit, match="different workload"):
+        _load_reuse(str(earlier), _workload(spec(), args, [*serve, "--max-num-seqs=64"]),
+                    "family default", spec())  # fmt: skip

@@ -19,16 +19,20 @@ pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow]
 pytest.importorskip("vllm")
 
 
-def test_lynx_bench_online_tiny(tmp_path):
-    out = tmp_path / "online"
-    proc = subprocess.run(
+def _online(out, *extra):
+    return subprocess.run(
         [sys.executable, "-m", "lynx_ops.bench.cli", "online", "--shape", "qwen3-moe", "--tiny",
          "--concurrency", "1", "4", "--repeats", "2", "--repeat-at", "4", "--input-len", "16",
          "--output-len", "16", "--min-prompts", "4", "--no-stock-again",
-         "--serve-arg=--kv-cache-memory-bytes=268435456", "--out", str(out)],
+         "--serve-arg=--kv-cache-memory-bytes=268435456", "--out", str(out), *extra],
         capture_output=True, text=True, timeout=1800,
         env={**os.environ, "VLLM_LYNX_METRICS_INTERVAL": "1"},
     )  # fmt: skip
+
+
+def test_lynx_bench_online_tiny(tmp_path):
+    out = tmp_path / "online"
+    proc = _online(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "TPOT SLOs (declared before the run): 2x" in proc.stdout
     slo = json.loads((out / "slo.json").read_text())
@@ -81,3 +85,20 @@ def test_lynx_bench_online_tiny(tmp_path):
     with open(out / "online_runs.csv") as f:
         per_run = list(csv.DictReader(f))
     assert len(per_run) == 6 and all(int(r["jit_events"]) >= 0 for r in per_run)
+
+    # A second call serves another policy against the same stock server: only its Lynx server
+    # starts, and the first call's declared SLOs apply
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        json.dumps({"policies": [{"model_type": "qwen3_moe", "alpha": 1, "beta": 1}]})
+    )
+    again = _online(tmp_path / "online2", "--policy-file", str(policy), "--reuse",
+                    str(out / "online.json"))  # fmt: skip
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "[stock] reused from" in again.stdout and "[lynx] starting" in again.stdout
+    assert "[stock] starting" not in again.stdout
+    assert json.loads((tmp_path / "online2" / "slo.json").read_text())["slo_ms"] == slo["slo_ms"]
+    with open(tmp_path / "online2" / "online.csv") as f:
+        agg2 = {(r["side"], float(r["value"])): r for r in csv.DictReader(f)}
+    assert agg2["stock", 4.0]["output_tok_s"] == agg["stock", 4.0]["output_tok_s"]
+    assert '"alpha": 1' in agg2["lynx", 4.0]["policy"]

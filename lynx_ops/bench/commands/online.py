@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from lynx_ops.bench.commands.common import (
     add_controller_arg,
@@ -47,6 +48,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stock-again", action=argparse.BooleanOptionalAction, default=True,
                         help="a second stock server after Lynx (stock, Lynx, stock)")  # fmt: skip
     parser.add_argument("--serve-arg", action="append", default=[], metavar="--flag=value")
+    parser.add_argument("--reuse", metavar="ONLINE_JSON",
+                        help="take the stock servers (and their declared SLOs) from an earlier "
+                             "online.json of the same workload instead of running them again; "
+                             "its Lynx server only when it ran the same --policy-file")  # fmt: skip
     parser.add_argument("--out", default="perf/results/lynx-online")
 
 
@@ -77,8 +82,14 @@ def main(args: argparse.Namespace) -> int:
     sides = [("stock", {}, []), ("lynx", {**lynx_env(args), **control_env}, control_args)]
     if args.stock_again:
         sides.append(("stock_again", {}, []))
+    workload = _workload(spec, args, serve_args)
+    reused = _load_reuse(args.reuse, workload, policy_label(args), spec) if args.reuse else {}
     runs = {}
     for label, env, extra in sides:
+        if label in reused:
+            print(f"[{label}] reused from {args.reuse}", flush=True)
+            runs[label] = reused[label]
+            continue
         side_dir = work / label
         side_dir.mkdir()
         runs[label] = online.run_side(label, model, serve_args + extra, env, spec, side_dir,
@@ -97,8 +108,8 @@ def main(args: argparse.Namespace) -> int:
     best = {side: {f"{slo:.2f}": online.best_within(agg, side, slo) for slo in slos}
             for side in runs}  # fmt: skip
     (out_dir / "online.json").write_text(json.dumps(
-        {"spec": spec, "runs": runs, "aggregate": agg, "best_within_slo": best,
-         "router": args.router_label, **base, **prov}, indent=1))  # fmt: skip
+        {"spec": spec, "workload": workload, "runs": runs, "aggregate": agg,
+         "best_within_slo": best, "router": args.router_label, **base, **prov}, indent=1))  # fmt: skip
     _print_online(agg, best, slos, args.router_label, prov, list(runs))
     try:
         from lynx_ops.bench.plot import plot_online
@@ -113,6 +124,50 @@ def main(args: argparse.Namespace) -> int:
         print(f"INVALID RUN: {failed} requests failed ({errors}); the load was not what was asked")
         return 1
     return 0
+
+
+# What the SLOs and the load are declared from; the rest of the spec is filled in by the run.
+_WORKLOAD_SPEC = ("points", "repeats", "repeat_at", "input_len", "output_len", "min_prompts",
+                  "prompts_per_concurrency", "rate_duration_s", "slo_multipliers", "slo_abs_ms")  # fmt: skip
+
+
+def _workload(spec: dict, args: argparse.Namespace, serve_args: list[str]) -> dict:
+    """What makes two online runs the same workload: the load, the SLO declaration, the model's
+    source and router, and the servers' arguments (the stock sides' exactly)."""
+    return json.loads(
+        json.dumps(
+            {
+                **{k: spec[k] for k in _WORKLOAD_SPEC},
+                "source": args.shape or args.model,
+                "layers": args.layers,
+                "tiny": getattr(args, "tiny", False),
+                "router": args.router_label,
+                "serve_args": serve_args,
+            }
+        )
+    )  # fmt: skip  (as it reads back from JSON)
+
+
+def _load_reuse(path: str, workload: dict, policy: str, spec: dict) -> dict[str, dict]:
+    """The earlier run's stock servers (and its Lynx server if it ran `policy`), with its declared
+    SLOs copied into `spec`, so one stock pair serves several policies across calls (a GPU call is
+    capped at 10 minutes; a 48-layer server pair takes most of it)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--reuse {path}: cannot read it ({e})") from e
+    if earlier.get("workload") != workload:
+        raise SystemExit(f"--reuse {path}: recorded for a different workload "
+                         f"({earlier.get('workload')} vs {workload})")  # fmt: skip
+    if not earlier["spec"].get("slo_ms") and (spec["slo_multipliers"] or spec["slo_abs_ms"]):
+        raise SystemExit(f"--reuse {path}: it declared no TPOT SLOs")
+    for key in ("slo_ms", "vllm_goodput_ms"):
+        if key in earlier["spec"]:
+            spec[key] = earlier["spec"][key]
+    Path(spec["slo_file"]).write_text(json.dumps(
+        {"slo_ms": spec["slo_ms"], "reused_from": str(path)}, indent=1))  # fmt: skip
+    return {label: run for label, run in earlier["runs"].items()
+            if label != "lynx" or earlier.get("policy") == policy}  # fmt: skip
 
 
 def _print_online(agg, best, slos, router, prov, sides) -> None:
