@@ -179,6 +179,19 @@ def serve_setup(args: argparse.Namespace, prefix: str, max_tokens: int):
     return out_dir, work, model, vocab, serve_args
 
 
+def read_reuse(path: str, workload: dict) -> dict[str, Any]:
+    """An earlier run's JSON for --reuse, refused unless it recorded the same workload (a GPU call
+    is capped at 10 minutes, so one comparison may span calls; it must stay one comparison)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--reuse {path}: cannot read it ({e})") from e
+    if earlier.get("workload") != workload:
+        raise SystemExit(f"--reuse {path}: recorded for a different workload "
+                         f"({earlier.get('workload')} vs {workload})")  # fmt: skip
+    return earlier
+
+
 def checkpoint_or_embedded(model: str | None) -> str:
     """--model, or the embedded trained model where none is given."""
     if model is not None:

@@ -25,6 +25,7 @@ from lynx_ops.bench.commands.common import (
     parse_engine_args,
     policy_label,
     prepare_model,
+    read_reuse,
     resolve_router,
 )
 from lynx_ops.bench.provenance import provenance, write_csv
@@ -80,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
                               max_lora_rank=args.lora_rank)  # fmt: skip
     router, policy = args.router_label, policy_label(args)
     workload = json.loads(json.dumps(_comparable(spec, args)))  # as it reads back from JSON
-    reused = _reusable(_load_reuse(args.reuse, workload), policy) if args.reuse else {}
+    reused = _reusable(read_reuse(args.reuse, workload)["runs"], policy) if args.reuse else {}
 
     def run(label: str, env_extra: dict[str, str]) -> dict:
         if label in reused:
@@ -192,19 +193,6 @@ def _reusable(runs: dict[str, dict], policy: str) -> dict[str, dict]:
     engines serves several policies, each call starting only its own Lynx engine."""
     return {label: run for label, run in runs.items()
             if label != "lynx" or run.get("policy") == policy}  # fmt: skip
-
-
-def _load_reuse(path: str, workload: dict) -> dict[str, dict]:
-    """Runs from an earlier results.json of the same workload, so one comparison can span calls
-    (a GPU call is capped at 10 minutes; seven 48-layer engines do not fit one)."""
-    try:
-        earlier = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"--reuse {path}: cannot read it ({e})") from e
-    if earlier.get("workload") != workload:
-        raise SystemExit(f"--reuse {path}: recorded for a different workload "
-                         f"({earlier.get('workload')} vs {workload})")  # fmt: skip
-    return earlier["runs"]
 
 
 def _stock_mean(stock: dict, again: dict | None, key: str = "tpot_ms_median") -> float | None:

@@ -16,6 +16,7 @@ from lynx_ops.bench.commands.common import (
     controller_side,
     lynx_env,
     policy_label,
+    read_reuse,
     serve_setup,
 )
 from lynx_ops.bench.provenance import provenance, write_csv
@@ -152,13 +153,7 @@ def _load_reuse(path: str, workload: dict, policy: str, spec: dict) -> dict[str,
     """The earlier run's stock servers (and its Lynx server if it ran `policy`), with its declared
     SLOs copied into `spec`, so one stock pair serves several policies across calls (a GPU call is
     capped at 10 minutes; a 48-layer server pair takes most of it)."""
-    try:
-        earlier = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"--reuse {path}: cannot read it ({e})") from e
-    if earlier.get("workload") != workload:
-        raise SystemExit(f"--reuse {path}: recorded for a different workload "
-                         f"({earlier.get('workload')} vs {workload})")  # fmt: skip
+    earlier = read_reuse(path, workload)
     if not earlier["spec"].get("slo_ms") and (spec["slo_multipliers"] or spec["slo_abs_ms"]):
         raise SystemExit(f"--reuse {path}: it declared no TPOT SLOs")
     for key in ("slo_ms", "vllm_goodput_ms"):
