@@ -370,8 +370,14 @@ def test_window_sets_are_disjoint_and_each_batch_spreads_over_documents(monkeypa
     texts = [" ".join(str(1000 * d + i) for i in range(10 * n + 1)) for d, n in enumerate(sizes)]
     monkeypatch.setattr(corpus, "documents",
                         lambda split, source: [(f"d{i}", t) for i, t in enumerate(texts)])  # fmt: skip
-    tok = type("Tok", (), {"encode": staticmethod(lambda t: [int(w) for w in t.split()])})()
+    encoded = []
+    tok = type("Tok", (), {"encode": staticmethod(
+        lambda t: encoded.append(t) or [int(w) for w in t.split()])})()  # fmt: skip
     sets = [fidelity.windows(tok, 4, 10, s) for s in range(3)]
+    assert len(encoded) == 3 * len(texts)  # each call tokenizes the corpus ...
+    order = fidelity.window_order(tok, 10)
+    assert [fidelity.windows(tok, 4, 10, s, order=order) for s in range(3)] == sets
+    assert len(encoded) == 4 * len(texts)  # ... unless it is given the order, built once
     first, sources = sets[0]
     assert sources == [0, 1, 2, 3]  # the first window of each document first
     assert [w[0] for w in first] == [0, 1000, 2000, 3000]

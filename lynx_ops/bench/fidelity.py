@@ -65,25 +65,33 @@ class TeacherForcing(LogitsProcessor):
         return logits
 
 
-def windows(tokenizer, count: int, length: int, window_set: int = 0, source: str = "stdlib"
-            ) -> tuple[list[list[int]], list[int]]:  # fmt: skip
-    """`count` token windows of `length` from the held-out documents of corpus `source` (the
-    model's own, corpus.of_model), one per file first: the first
-    window of every file, then the second of every file, and so on, with the index of the file
-    each came from. Windows of one file share experts far more than independent requests do, so
-    a batch of consecutive windows of one file would overstate the reduction; up to the number of
-    held-out files (34 on Python 3.11) every window of a batch comes from its own document.
-    Window set s is the s-th run of `count` windows in that order, so sets share no window (set 0
-    is what one set always was); rows report how many documents a batch drew on."""
+def window_order(tokenizer, length: int, source: str = "stdlib") -> list[tuple[list[int], int]]:
+    """Every held-out window of `length` tokens of corpus `source` (the model's own,
+    corpus.of_model) with the index of its document, one per document first: the first window of
+    every document, then the second of every document, and so on. Windows of one document share
+    experts far more than independent requests do, so a batch of consecutive windows of one
+    document would overstate the reduction; up to the number of held-out documents (34 of the
+    standard library on Python 3.11) every window of a batch comes from its own document.
+    Tokenizing the corpus is the slow part: build the order once and cut every window set from
+    it (`windows(..., order=)`)."""
     from lynx_ops.embedded import corpus
 
     per_file = []
     for _, text in corpus.documents("heldout", source):
         ids = tokenizer.encode(text)
         per_file.append([ids[s : s + length] for s in range(0, len(ids) - length, length)])
-    order = [(wins[rank], file_index)
-             for rank in range(max((len(w) for w in per_file), default=0))
-             for file_index, wins in enumerate(per_file) if rank < len(wins)]  # fmt: skip
+    return [(wins[rank], file_index)
+            for rank in range(max((len(w) for w in per_file), default=0))
+            for file_index, wins in enumerate(per_file) if rank < len(wins)]  # fmt: skip
+
+
+def windows(tokenizer, count: int, length: int, window_set: int = 0, source: str = "stdlib",
+            order: list[tuple[list[int], int]] | None = None) -> tuple[list[list[int]], list[int]]:  # fmt: skip
+    """`count` windows of `length` tokens and their documents' indices: window set s is the s-th
+    run of `count` windows of `window_order`, so sets share no window (set 0 is what one set
+    always was); rows report how many documents a batch drew on."""
+    if order is None:
+        order = window_order(tokenizer, length, source)
     chosen = order[window_set * count : (window_set + 1) * count]
     if len(chosen) < count:
         raise ValueError(f"held-out corpus has {len(order)} windows of {length} tokens: not enough "
@@ -104,11 +112,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tok = llm.get_tokenizer()
     p_len, f_len = spec["prompt_len"], spec["forced_len"]
     result: dict[str, Any] = {"lynx": lynx, "corpus": source, "rows": []}
+    order = window_order(tok, p_len + f_len, source)  # once: every window set is cut from it
     if spec.get("timed"):  # warm-up first, then timed greedy decode (main job)
-        pool, _ = windows(tok, max(spec["batches"]), p_len + f_len, source=source)
+        pool, _ = windows(tok, max(spec["batches"]), p_len + f_len, order=order)
         result["timed"] = _timed(llm, pool, p_len, spec["timed"], lynx)
     for window_set in range(spec.get("window_sets", 1)):
-        pool, sources = windows(tok, max(spec["batches"]), p_len + f_len, window_set, source)
+        pool, sources = windows(tok, max(spec["batches"]), p_len + f_len, window_set, order=order)
         for batch in spec["batches"]:
             result["rows"].append(_score_batch(llm, pool[:batch], sources[:batch], spec, lynx))
             result["rows"][-1]["window_set"] = window_set
