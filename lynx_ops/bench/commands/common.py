@@ -180,8 +180,8 @@ def serve_setup(args: argparse.Namespace, prefix: str, max_tokens: int):
 
 
 def read_reuse(path: str, workload: dict) -> dict[str, Any]:
-    """An earlier run's JSON for --reuse, refused unless it recorded the same workload (a GPU call
-    is capped at 10 minutes, so one comparison may span calls; it must stay one comparison)."""
+    """An earlier run's JSON for --reuse, refused unless it recorded the same workload: one
+    comparison may span several runs, and it must stay one comparison."""
     try:
         earlier = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -135,24 +135,16 @@ _WORKLOAD_SPEC = ("points", "repeats", "repeat_at", "input_len", "output_len", "
 def _workload(spec: dict, args: argparse.Namespace, serve_args: list[str]) -> dict:
     """What makes two online runs the same workload: the load, the SLO declaration, the model's
     source and router, and the servers' arguments (the stock sides' exactly)."""
-    return json.loads(
-        json.dumps(
-            {
-                **{k: spec[k] for k in _WORKLOAD_SPEC},
-                "source": args.shape or args.model,
-                "layers": args.layers,
-                "tiny": getattr(args, "tiny", False),
-                "router": args.router_label,
-                "serve_args": serve_args,
-            }
-        )
-    )  # fmt: skip  (as it reads back from JSON)
+    workload = {**{k: spec[k] for k in _WORKLOAD_SPEC}, "source": args.shape or args.model,
+                "layers": args.layers, "tiny": getattr(args, "tiny", False),
+                "router": args.router_label, "serve_args": serve_args}  # fmt: skip
+    return json.loads(json.dumps(workload))  # as it reads back from JSON: tuples become lists
 
 
 def _load_reuse(path: str, workload: dict, policy: str, spec: dict) -> dict[str, dict]:
     """The earlier run's stock servers (and its Lynx server if it ran `policy`), with its declared
-    SLOs copied into `spec`, so one stock pair serves several policies across calls (a GPU call is
-    capped at 10 minutes; a 48-layer server pair takes most of it)."""
+    SLOs copied into `spec`, so one stock pair serves several policies, each run starting only its
+    own Lynx server."""
     earlier = read_reuse(path, workload)
     if not earlier["spec"].get("slo_ms") and (spec["slo_multipliers"] or spec["slo_abs_ms"]):
         raise SystemExit(f"--reuse {path}: it declared no TPOT SLOs")
