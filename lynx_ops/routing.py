@@ -8,6 +8,7 @@ op stays a plain `torch.library` op that Dynamo and CUDA graphs handle without P
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 # Bins below the top that keep their own histogram column. The kernel packs one 12-bit count per
 # column plus the bin into a 63-bit key; 5 columns x 12 bits + 3 bits fit. Deeper bins carry almost
@@ -22,6 +23,18 @@ TOUCHED_LEN = 5
 MAX_KERNEL_ROWS = 4095
 # Expert index lives in 10 key bits in the kernel; larger routers use the reference.
 MAX_KERNEL_EXPERTS = 1024
+
+
+class RemapScalars(NamedTuple):
+    """`lynx::remap`'s scalar arguments after its tensors, in schema order (ops.SCHEMA), so that
+    `torch.ops.lynx.remap(x, w, ids, num_valid, bias, *scalars)` takes them as they are."""
+
+    alpha: float
+    beta: int
+    scoring: int
+    weight_rule: int
+    scale: float
+    num_expert_group: int
 
 
 def packed_keys_fit(num_rows: int, num_experts: int) -> bool:

@@ -189,3 +189,18 @@ def test_out_of_range_or_duplicate_ids_are_rejected_on_cpu():
     with pytest.raises(ValueError, match="same expert twice"):
         torch.ops.lynx.remap(*args[:2], dup, *args[3:])
     torch.ops.lynx.remap(*args)  # the router's own ids pass
+
+
+def test_policy_scalars_are_named_as_the_op_schema_names_them():
+    """Policy.op_args() is the op's scalar tail, named: its fields are the schema's arguments
+    after the five tensors, in order, so the two cannot drift apart."""
+    from lynx_ops.registry.policy import Policy
+    from lynx_ops.routing import RemapScalars, Scoring, WeightRule
+
+    schema = torch.ops.lynx.remap.default._schema
+    assert tuple(a.name for a in schema.arguments[5:]) == RemapScalars._fields
+    p = Policy("f", alpha=2.0, beta=3, scoring=Scoring.SIGMOID_BIAS,
+               weight_rule=WeightRule.PRESERVE_MASS, scale=2.5, num_expert_group=8)  # fmt: skip
+    assert p.op_args() == RemapScalars(2.0, 3, int(Scoring.SIGMOID_BIAS),
+                                       int(WeightRule.PRESERVE_MASS), 2.5, 8)  # fmt: skip
+    assert p.op_args().scale == 2.5 and p.op_args().num_expert_group == 8

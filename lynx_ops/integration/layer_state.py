@@ -59,10 +59,6 @@ class LayerState:
         """The device scalar of the policy's own (largest-batch) setting, if it is a budget."""
         return self.budgets.get(id(self.policy))
 
-    def op_args(self) -> tuple:
-        alpha, beta, scoring, rule, scale, _ = self.policy.op_args()
-        return alpha, beta, scoring, rule, scale, self.facts.num_expert_group
-
     def remap(self, logits, topk_weights, topk_ids, rows):
         """The policy's op on one decode step's routing; the setting follows the padded row count,
         which is fixed per captured graph."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lynx_ops.routing import MAX_BETA, BatchScore, Scoring, WeightRule
+from lynx_ops.routing import MAX_BETA, BatchScore, RemapScalars, Scoring, WeightRule
 
 KINDS = ("bins", "budget", "keep_k0", "off")
 # What a per-batch-size setting may change: the policy, not the router's facts.
@@ -191,11 +191,10 @@ class Policy:
         """K for the device scalar: the policy's budget, or E where only the fraction caps."""
         return self.budget or num_experts
 
-    def op_args(self) -> tuple:
-        """(alpha, beta, scoring, weight_rule, scale, num_expert_group) as torch.ops.lynx.remap
-        takes them after the tensors."""
-        return (float(self.alpha), self.beta, int(self.scoring), int(self.weight_rule),
-                float(self.scale), self.num_expert_group)  # fmt: skip
+    def op_args(self) -> RemapScalars:
+        """The scalars torch.ops.lynx.remap takes after its tensors, named (schema order)."""
+        return RemapScalars(float(self.alpha), self.beta, int(self.scoring), int(self.weight_rule),
+                            float(self.scale), self.num_expert_group)  # fmt: skip
 
     def setting(self) -> str:
         """The setting in words: kind and its parameters."""
