@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Choose the budget policy's K per decode step so that the step time holds a TPOT target.
+"""Choose the policy's setting per decode step so that the step time holds a TPOT target.
+
+The setting is one integer the op reads from a device scalar: the budget policy's K (the most
+experts a step keeps) or the keep_k0 policy's k0 (the experts each row keeps). Smaller is more
+aggressive for both, so one rule serves both; below, "K" stands for either.
 
 Pure decision logic, no vLLM and no clock: it is fed one fact per decode step (the batch's row
 count and the step's measured duration) and returns the K for the next step. Everything it does is
@@ -35,7 +39,8 @@ class ControllerError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ControllerConfig:
     target_ms: float
-    # budget K settings, largest (least aggressive) first, strictly decreasing, each >= 1
+    # settings (budget K or keep_k0 k0), largest (least aggressive) first, strictly decreasing,
+    # each >= 1
     ladder: tuple[int, ...]
     # (largest batch of the bucket, smallest K allowed there), batches ascending; batches above
     # the last bucket take the last floor. Empty: no floor beyond the ladder's end.

@@ -33,13 +33,15 @@ _TAIL = (
     "int scoring, int weight_rule, float scale, int num_expert_group) -> (Tensor, Tensor, Tensor)"
 )
 # The policy family (docs/ALGORITHM.md): `remap` is Lynx's bins; `remap_budget` keeps at most K
-# experts per step, K read from a device tensor; `remap_keep` keeps each row's top-k0.
+# experts per step; `remap_keep` keeps each row's top-k0. Both read their setting (K, k0) from a
+# one-element device tensor, so a new value applies from the next CUDA-graph replay without a new
+# capture (the TPOT controller turns it between steps, docs/CONTROLLER.md).
 SCHEMA = f"remap({_HEAD}, float alpha, int beta, {_TAIL}"
 SCHEMA_BUDGET = (
     f"remap_budget({_HEAD}, Tensor budget, float fraction, int batch_score, float alpha, int beta, "
     f"{_TAIL}"
 )
-SCHEMA_KEEP = f"remap_keep({_HEAD}, int k0, {_TAIL}"
+SCHEMA_KEEP = f"remap_keep({_HEAD}, Tensor k0, {_TAIL}"
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ID_DTYPES = (torch.int32, torch.int64)
@@ -86,11 +88,8 @@ def check_budget_inputs(scores, topk_weights, topk_ids, num_valid, correction_bi
     _check_routing(scores, topk_weights, topk_ids, num_valid, correction_bias, scoring,
                    weight_rule, scale, num_expert_group, fail)  # fmt: skip
     _check_bins(alpha, beta, fail)
-    if budget.numel() != 1 or budget.dtype not in _ID_DTYPES:
-        fail(f"budget must hold one int32/int64 value (K, the most experts a step keeps; values "
-             f"below 1 act as 1), got shape {tuple(budget.shape)} dtype {budget.dtype}")  # fmt: skip
-    if budget.device != scores.device:
-        fail(f"budget must be on {scores.device} with the scores, got {budget.device}")
+    _check_setting(budget, "budget", "K, the most experts a step keeps; values below 1 act as 1",
+                   scores, fail)  # fmt: skip
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         fail(f"fraction={fraction} must be in (0, 1]: K is at most ceil(fraction * the step's "
              "vanilla union); 1 leaves K to the budget tensor")  # fmt: skip
@@ -108,9 +107,21 @@ def check_keep_inputs(scores, topk_weights, topk_ids, num_valid, correction_bias
 
     _check_routing(scores, topk_weights, topk_ids, num_valid, correction_bias, scoring,
                    weight_rule, scale, num_expert_group, fail)  # fmt: skip
-    k = topk_ids.shape[1]
-    if isinstance(k0, bool) or not isinstance(k0, int) or not 1 <= k0 <= k:
-        fail(f"k0={k0} must be an integer in [1, k={k}] (the experts each row keeps)")
+    _check_setting(k0, "k0", f"the experts each row keeps; values outside [1, "
+                   f"k={topk_ids.shape[1]}] act as the nearest end", scores, fail)  # fmt: skip
+
+
+def _check_setting(value, name: str, meaning: str, scores, fail) -> None:
+    """A policy's setting tensor: one int32/int64 value on the scores' device. Its value is not
+    read here: that would synchronise the host with the GPU; the kernels clamp it instead."""
+    if not isinstance(value, torch.Tensor):
+        fail(f"{name} must be a one-element int32/int64 tensor on {scores.device} ({meaning}), "
+             f"got {type(value).__name__} {value!r}")  # fmt: skip
+    if value.numel() != 1 or value.dtype not in _ID_DTYPES:
+        fail(f"{name} must hold one int32/int64 value ({meaning}), got shape "
+             f"{tuple(value.shape)} dtype {value.dtype}")  # fmt: skip
+    if value.device != scores.device:
+        fail(f"{name} must be on {scores.device} with the scores, got {value.device}")
 
 
 def _check_bins(alpha, beta, fail) -> None:

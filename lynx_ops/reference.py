@@ -297,7 +297,7 @@ def keep_ref(
     topk_ids: torch.Tensor,
     num_valid: torch.Tensor,
     correction_bias: torch.Tensor | None,
-    k0: int,
+    k0: torch.Tensor,
     scoring: int,
     weight_rule: int,
     scale: float,
@@ -306,12 +306,17 @@ def keep_ref(
     """Reference `lynx::remap_keep` (docs/ALGORITHM.md, "Other policies"; OEA, arXiv 2511.02237):
     each valid row keeps its top-k0 experts by selection score; its other k - k0 slots take its
     best experts from the union of the valid rows' top-k0 sets, else its own next best. k0 = k
-    returns the vanilla routing. Same outputs as `remap_ref`."""
+    returns the vanilla routing. k0 is a one-element tensor (an int is taken too), clamped to
+    [1, k]; it is never read on the host, so the reference stays capture-safe on CUDA. Same
+    outputs as `remap_ref`."""
     x, valid, vanilla, s, allowed = _prepare(
         scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group
     )
-    own = _lexicographic_topk([s, vanilla], k0)  # [T, k0]: the row's best, ties to vanilla
-    pool = torch.zeros_like(allowed).scatter_(1, own, True)
+    k = topk_ids.shape[1]
+    k0 = torch.as_tensor(k0, device=scores.device).reshape(-1)[0].to(torch.int64).clamp(1, k)
+    best = _lexicographic_topk([s, vanilla], k)  # [T, k]: the row's best first, ties to vanilla
+    take = (torch.arange(k, device=scores.device) < k0).expand_as(best)  # its first k0
+    pool = torch.zeros_like(allowed).scatter_(1, best, take)
     pool = (pool & valid[:, None]).any(dim=0)  # [E]
     return _finish(x, s, allowed, vanilla, valid, pool, topk_weights, topk_ids, scoring,
                    weight_rule, scale)  # fmt: skip

@@ -120,7 +120,8 @@ def _policy_call(policy: str, shape: Shape, a: tuple):
     if policy == "budget":
         k_t = torch.full((1,), max(1, shape.E // 4), dtype=torch.int32, device=a[0].device)
         return torch.ops.lynx.remap_budget, budget_ref, (*head, k_t, 1.0, 0, *a[5:7], *tail)
-    return torch.ops.lynx.remap_keep, keep_ref, (*head, max(1, shape.k // 2), *tail)
+    k0_t = torch.full((1,), max(1, shape.k // 2), dtype=torch.int32, device=a[0].device)
+    return torch.ops.lynx.remap_keep, keep_ref, (*head, k0_t, *tail)
 
 
 def main() -> None:

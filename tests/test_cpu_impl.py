@@ -80,7 +80,7 @@ def test_keep_equals_the_reference(shape):
     for args in _cases(shape):
         x, w, ids, n, bias, _, _, scoring, rule, scale, groups = args
         for k0 in sorted({1, max(1, shape.k // 2), shape.k}):
-            call = (x, w, ids, n, bias, k0, scoring, rule, scale, groups)
+            call = (x, w, ids, n, bias, torch.tensor([k0]), scoring, rule, scale, groups)
             _equal(torch.ops.lynx.remap_keep(*call), keep_ref(*call))
 
 

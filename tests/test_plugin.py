@@ -468,8 +468,8 @@ def _eager_decode_step(monkeypatch, valid: int) -> None:
     ],
 )
 def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
-    """A budget or keep_k0 policy from a policy file reaches its own op on decode steps, with the
-    budget read from the layer's device scalar (a new value applies to the next step)."""
+    """A budget or keep_k0 policy from a policy file reaches its own op on decode steps, with its
+    setting (K, k0) read from the layer's device scalar: a new value applies to the next step."""
     import torch
 
     from lynx_ops.reference import budget_ref, keep_ref
@@ -481,16 +481,18 @@ def test_route_runs_the_policy_files_kind(monkeypatch, tmp_path, fields, op):
     _eager_decode_step(monkeypatch, 12)  # 12 decode tokens of 16 rows
     n = torch.tensor([12])
     tail = (0, 0, 1.0, 0)
-    for k in (20, 9):
+    outputs = []
+    for k in (20, 9) if op == "remap_budget" else (3, 5):
+        assert int(state.knob) == k
         got_w, got_ids, remapped = layers.route(state, x, w, ids)
         if op == "remap_budget":
             want = budget_ref(x, w, ids, n, None, torch.tensor([k]), 1.0, 0, 3.0, 2, *tail)
         else:
-            want = keep_ref(x, w, ids, n, None, 3, *tail)
+            want = keep_ref(x, w, ids, n, None, torch.tensor([k]), *tail)
         assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])
-        if state.budget is None:
-            break
-        state.budget.fill_(9)
+        outputs.append(got_ids)
+        state.knob.fill_(9 if op == "remap_budget" else 5)
+    assert not torch.equal(*outputs)  # the new value changed the routing
 
 
 def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path):
@@ -506,7 +508,7 @@ def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path)
     state = _qwen3_layer(
         monkeypatch, tmp_path, {"by_batch": [{"max_batch": 16, "kind": "budget", "budget": 12}]}
     )
-    assert state.budget is None and len(state.budgets) == 1  # the bucket's scalar only
+    assert state.knob is None and len(state.scalars) == 1  # the bucket's scalar only
     for rows, valid in ((16, 12), (32, 30)):
         x, w, ids, _ = make_batch(Shape(128, 8, alpha=3.0, beta=2), rows, seed=rows, spread=1.2)
         _eager_decode_step(monkeypatch, valid)

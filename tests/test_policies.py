@@ -2,7 +2,7 @@
 """The `budget` and `keep_k0` policies (`torch.ops.lynx.remap_budget`, `remap_keep`) against
 independent per-row Python implementations written from docs/ALGORITHM.md ("Other policies"),
 plus the contract every policy of the family keeps: padding rows and unchanged rows returned bit
-for bit, every valid row's top-1 kept, the expert bound, opcheck, and a budget that changes
+for bit, every valid row's top-1 kept, the expert bound, opcheck, and a budget and a k0 that change
 between CUDA-graph replays without a new capture."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
-from lynx_ops.reference import selection_scores, vanilla_group_mask
+from lynx_ops.reference import keep_ref, selection_scores, vanilla_group_mask
 from lynx_ops.routing import BatchScore, Scoring, WeightRule
 from tests.helpers import FAMILY_SHAPES, Shape, make_batch
 
@@ -93,7 +93,8 @@ def _call_budget(shape, x, w, ids, bias, n, budget, fraction=1.0, score=BatchSco
 
 def _call_keep(shape, x, w, ids, bias, n, k0):
     num_valid = torch.tensor([n], dtype=torch.int32, device=x.device)
-    return keep_op(x, w, ids, num_valid, bias, k0, int(shape.scoring), int(shape.rule),
+    k0_t = torch.tensor([k0], dtype=torch.int32, device=x.device)
+    return keep_op(x, w, ids, num_valid, bias, k0_t, int(shape.scoring), int(shape.rule),
                    shape.scale, shape.groups)  # fmt: skip
 
 
@@ -168,6 +169,23 @@ def test_budget_cuts_the_union_to_k_or_the_forced_top1s():
     assert last < int(_call_budget(shape, x, w, ids, bias, 32, 128)[2][0])
 
 
+def test_k0_outside_1_to_k_acts_as_the_nearest_end():
+    """The op reads k0 on the device and clamps it (reading it on the host would synchronise):
+    0 and -3 act as 1, k + 2 as k (the router's choice), on the op and the reference alike."""
+    shape = Shape(32, 4)
+    x, w, ids, bias = make_batch(shape, 8, seed=9, spread=1.2)
+    for k0, acts_as in ((0, 1), (-3, 1), (6, 4)):
+        out = _call_keep(shape, x, w, ids, bias, 8, k0)
+        want = _call_keep(shape, x, w, ids, bias, 8, acts_as)
+        assert torch.equal(out[1], want[1]) and torch.equal(out[0], want[0])
+        n = torch.tensor([8], dtype=torch.int32)
+        ref = keep_ref(x, w, ids, n, bias, torch.tensor([k0]), int(shape.scoring),
+                       int(shape.rule), shape.scale, shape.groups)  # fmt: skip
+        assert torch.equal(ref[1], want[1])
+    expected, _ = naive_keep(x, ids, bias, 8, shape, 1)
+    assert _call_keep(shape, x, w, ids, bias, 8, 0)[1].tolist() == expected
+
+
 def test_a_budget_below_one_acts_as_one_and_keeps_every_top1():
     shape = Shape(32, 4)
     x, w, ids, bias = make_batch(shape, 8, seed=9, spread=1.2)
@@ -190,9 +208,13 @@ def test_a_budget_below_one_acts_as_one_and_keeps_every_top1():
          "batch_score=7 unknown"),
         (lambda a: budget_op(*a[:5], torch.tensor([4]), 1.0, 0, 3.0, 9, 0, 0, 1.0, 0),
          "beta=9"),
-        (lambda a: keep_op(*a[:5], 0, 0, 0, 1.0, 0), r"k0=0 must be an integer in \[1, k=4\]"),
-        (lambda a: keep_op(*a[:5], 5, 0, 0, 1.0, 0), r"k0=5 must be an integer in \[1, k=4\]"),
-        (lambda a: keep_op(a[0], a[1], a[2][:5], *a[3:5], 2, 0, 0, 1.0, 0), "remap_keep: topk_ids"),
+        (lambda a: keep_op(*a[:5], torch.tensor([2.0]), 0, 0, 1.0, 0),
+         r"k0 must hold one int32/int64 value \(the experts each row keeps; values outside "
+         r"\[1, k=4\] act as the nearest end\), got shape \(1,\) dtype torch.float32"),
+        (lambda a: keep_op(*a[:5], torch.tensor([2, 3]), 0, 0, 1.0, 0),
+         r"k0 must hold one int32/int64 value .* got shape \(2,\)"),
+        (lambda a: keep_op(a[0], a[1], a[2][:5], *a[3:5], torch.tensor([2]), 0, 0, 1.0, 0),
+         "remap_keep: topk_ids"),
     ],
 )  # fmt: skip
 def test_bad_policy_arguments_name_the_problem(call, match):
@@ -213,9 +235,36 @@ def test_opcheck(which):
                 int(Scoring.SOFTMAX), int(shape.rule), 1.0, 0)  # fmt: skip
         op = budget_op.default
     else:
-        args = (x, w, ids, n, bias, 3, int(Scoring.SOFTMAX), int(shape.rule), 1.0, 0)
+        args = (x, w, ids, n, bias, torch.tensor([3], dtype=torch.int32), int(Scoring.SOFTMAX),
+                int(shape.rule), 1.0, 0)  # fmt: skip
         op = keep_op.default
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("launch", ["fused", "split"])
+def test_keep_follows_its_device_scalar_across_graph_replays(launch):
+    """k0 from a device tensor: one captured graph replays every k0 the TPOT controller writes
+    (8 rows: one program; 200 rows: the split launch)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    shape = Shape(128, 8, alpha=3.0, beta=2)
+    rows = 8 if launch == "fused" else 200
+    x, w, ids, bias = make_batch(shape, rows, seed=13, spread=1.2, device="cuda")
+    n = torch.tensor([rows - 2], dtype=torch.int32, device="cuda")
+    k0_t = torch.tensor([8], dtype=torch.int32, device="cuda")
+    args = (x, w, ids, n, bias, k0_t, 0, 0, 1.0, 0)
+    keep_op(*args)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out_w, out_ids, touched = keep_op(*args)
+    for k0 in (8, 5, 2, 6):
+        k0_t.fill_(k0)
+        graph.replay()
+        torch.cuda.synchronize()
+        expected, _ = naive_keep(x.cpu(), ids.cpu(), None, rows - 2, shape, k0)
+        assert out_ids.cpu().tolist() == expected
 
 
 @pytest.mark.cuda

@@ -67,7 +67,8 @@ def test_keep_kernel_matches_reference(device, path, shape):
     for T, n, seed in [(16, 13, 0), (4, 4, 1), (1, 1, 2)]:
         base = _batch(shape, T, n, seed)
         for k0 in sorted({1, max(1, shape.k // 2), shape.k}):
-            args = (*base, k0, int(shape.scoring), int(shape.rule), shape.scale, shape.groups)
+            args = (*base, torch.tensor([k0], dtype=torch.int32), int(shape.scoring),
+                    int(shape.rule), shape.scale, shape.groups)  # fmt: skip
             got = _launch(device, path, torch.ops.lynx.remap_keep, keep_triton, args)
             _check(keep_ref(*args), got, args)
 
@@ -119,7 +120,8 @@ def test_policies_on_a_large_batch_over_many_blocks(device, path):
 
     shape = next(p.values[0] for p in FAMILY_SHAPES if p.id == "qwen3-30b-a3b")
     base = _batch(shape, 200, 150, 0)
-    keep = (*base, 4, int(shape.scoring), int(shape.rule), shape.scale, shape.groups)
+    keep = (*base, torch.tensor([4]), int(shape.scoring), int(shape.rule), shape.scale,
+            shape.groups)  # fmt: skip
     _check(keep_ref(*keep), _launch(device, path, torch.ops.lynx.remap_keep, keep_triton, keep),
            keep)  # fmt: skip
     for score in BatchScore:

@@ -288,12 +288,13 @@ def test_policy_file_chooses_budget_and_keep_k0_policies(tmp_path):
         {"model_type": "qwen2_moe", "kind": "keep_k0", "k0": 2},
         {"model_type": "mixtral", "kind": "budget", "fraction": 0.5}]})  # fmt: skip
     p = select_policy(CONFIGS["qwen3-30b-a3b"], config_file=path).policy
-    assert (p.kind, p.budget, p.fraction, p.budget_value(128)) == ("budget", 24, 1.0, 24)
+    assert (p.kind, p.budget, p.fraction, p.setting_value(128)) == ("budget", 24, 1.0, 24)
     assert "budget K=24 by hist (alpha=4 beta=4)" in p.describe()  # the family's bins
     p = select_policy(CONFIGS["qwen2-57b-a14b"], config_file=path).policy
-    assert (p.kind, p.k0) == ("keep_k0", 2) and "keep_k0 k0=2" in p.describe()
+    assert (p.kind, p.k0, p.setting_value(64)) == ("keep_k0", 2, 2)
+    assert "keep_k0 k0=2" in p.describe()
     p = select_policy(CONFIGS["mixtral-8x7b"], config_file=path).policy
-    assert p.budget_value(8) == 8 and "budget fraction=0.5 by count" in p.describe()
+    assert p.setting_value(8) == 8 and "budget fraction=0.5 by count" in p.describe()
 
 
 def test_keep_k0_above_the_models_top_k_stops_at_startup(tmp_path):
@@ -357,3 +358,27 @@ def test_dense_layers_among_moe_ones_are_reported_and_the_rest_covered(tmp_path,
         p = select_policy(config, config_file=path).policy
     assert p.layers == (0, 2)
     assert "layers [0] are dense" in caplog.text and "Lynx covers [2]" in caplog.text
+
+
+def test_every_shipped_policy_and_controller_file_loads():
+    """perf/policies/: each file is a policy file the Qwen3-30B-A3B shape selects from (its
+    embedded_* files also name qwen3_moe) or, named *tpot*, a controller file; the keep_k0
+    controller pair turns k0 from the router's k = 8 down, never below its floors."""
+    from pathlib import Path
+
+    from lynx_ops.controller import TpotController, load_config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "perf/policies").glob("*.json"))
+    assert len(files) >= 10
+    for path in files:
+        if "tpot" in path.name:
+            load_config(path)
+            continue
+        p = select_policy(CONFIGS["qwen3-30b-a3b"], config_file=str(path)).policy
+        assert p.source.startswith(f"policy file {path}"), (path, p.source)
+    keep = select_policy(CONFIGS["qwen3-30b-a3b"],
+                         config_file=str(files[0].parent / "qwen3_keep_k0_8.json")).policy  # fmt: skip
+    assert (keep.kind, keep.k0, keep.by_batch) == ("keep_k0", 8, ())  # the family's buckets dropped
+    ctl = TpotController(load_config(files[0].parent / "qwen3_tpot_keep_k0_12ms.json"))
+    assert ctl.config.ladder[0] == 8
+    assert [ctl.config.ladder[ctl.deepest_rung(b)] for b in (1, 16, 17, 64, 256)] == [6, 6, 5, 5, 5]

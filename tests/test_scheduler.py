@@ -2,7 +2,8 @@
 """Lynx's scheduler and its worker half (budget_sync) without an engine: what counts as a decode
 step, the K each scheduled step carries and each rank applies, and the startup refusals (each
 names the problem) for a missing or bad controller file, data parallelism, a flag left unset, a
-controller file without Lynx's scheduler and layers without a budget policy. The engine itself:
+controller file without Lynx's scheduler, layers without a budget or keep_k0 policy, layers of both
+kinds and a k0 ladder above the router's k. The engine itself:
 tests/vllm_cpu/test_controller_engine.py (one worker and tensor parallel)."""
 
 from __future__ import annotations
@@ -83,12 +84,28 @@ def test_refusals_name_the_problem(controller_file, monkeypatch):
         _fake()._lynx_setup()
 
 
+def _layer(knob, kind: str, top_k: int = 8):
+    return SimpleNamespace(knob=knob, policy=SimpleNamespace(kind=kind),
+                           facts=SimpleNamespace(top_k=top_k))  # fmt: skip
+
+
 def test_worker_startup_checks_name_the_problem(controller_file):
+    import torch
+
     with pytest.raises(ControllerSetupError, match="covers no layer"):
         budget_sync.check_layers()
-    LAYERS["model.layers.0.mlp"] = SimpleNamespace(budget=None, policy=SimpleNamespace(kind="bins"))
+    LAYERS["model.layers.0.mlp"] = _layer(None, "bins")
     with pytest.raises(ControllerSetupError, match=r"run \['bins'\]"):
         budget_sync.check_layers()
+    LAYERS["model.layers.1.mlp"] = _layer(torch.ones(1, dtype=torch.int32), "keep_k0")
+    assert budget_sync.check_layers((8, 6)) == ("keep_k0", 1)  # the bins layer is not turned
+    with pytest.raises(ControllerSetupError, match=r"ladder \[9, 6\] turns keep_k0's k0, which "
+                       r"is at most the router's k=8: start the ladder at 8"):  # fmt: skip
+        budget_sync.check_layers((9, 6))
+    LAYERS["model.layers.2.mlp"] = _layer(torch.ones(1, dtype=torch.int32), "budget")
+    with pytest.raises(ControllerSetupError, match=r"layers run \['budget', 'keep_k0'\]: give "
+                       "them one of the two"):  # fmt: skip
+        budget_sync.check_layers((8, 6))
 
     def config(cls):
         return SimpleNamespace(scheduler_config=SimpleNamespace(scheduler_cls=cls))
@@ -106,10 +123,8 @@ def test_scheduled_steps_carry_k_and_each_rank_applies_it(controller_file):
 
     scalars = [torch.full((1,), 5, dtype=torch.int32) for _ in range(2)]
     for i, s in enumerate(scalars):
-        LAYERS[f"model.layers.{i}.mlp"] = SimpleNamespace(
-            budget=s, policy=SimpleNamespace(kind="budget")
-        )
-    assert budget_sync.check_layers() == 2
+        LAYERS[f"model.layers.{i}.mlp"] = _layer(s, "budget")
+    assert budget_sync.check_layers() == ("budget", 2)
     fake = _fake()
     fake._lynx_setup()
     first = fake.schedule()

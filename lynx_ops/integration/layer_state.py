@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The per-process registry of covered MoE layers and each layer's `LayerState`: its policy, its
-router's facts, its device counters and budget scalars, and `remap`, which calls the policy's op."""
+router's facts, its device counters and setting scalars, and `remap`, which calls the policy's op."""
 
 from __future__ import annotations
 
@@ -49,15 +49,22 @@ class LayerState:
     num_speculative_tokens: int
     stats: ExpertStats | None = None
     ceiling: int = 0  # benchmarks only (envs.VLLM_LYNX_CEILING_EXPERTS)
-    # The budget policy's K, on the layer's device, one per budget setting (the policy and its
-    # per-batch-size settings, by id): read by the op inside captured graphs, so a new value
-    # (fill_) applies from the next replay without a new capture.
-    budgets: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    # The setting scalars (a budget's K, keep_k0's k0) on the layer's device, one per such
+    # setting (the policy and its per-batch-size settings, by id): read by the op inside
+    # captured graphs, so a new value (fill_) applies from the next replay without a new capture.
+    scalars: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     @property
-    def budget(self) -> torch.Tensor | None:
-        """The device scalar of the policy's own (largest-batch) setting, if it is a budget."""
-        return self.budgets.get(id(self.policy))
+    def knob(self) -> torch.Tensor | None:
+        """The device scalar of the policy's own (largest-batch) setting, if it has one (budget,
+        keep_k0): what the TPOT controller turns."""
+        return self.scalars.get(id(self.policy))
+
+    def _scalar(self, p: Policy, device) -> torch.Tensor:
+        value = self.scalars[id(p)]
+        if value.device != device:  # attach() found no parameter to place it by
+            value = self.scalars[id(p)] = value.to(device)
+        return value
 
     def remap(self, logits, topk_weights, topk_ids, rows):
         """The policy's op on one decode step's routing; the setting follows the padded row count,
@@ -69,17 +76,15 @@ class LayerState:
             )
         tail = (int(p.scoring), int(p.weight_rule), float(p.scale), groups)
         if p.kind == "budget":
-            budget = self.budgets[id(p)]
-            if budget.device != logits.device:  # attach() found no parameter to place it by
-                budget = self.budgets[id(p)] = budget.to(logits.device)
             return torch.ops.lynx.remap_budget(
-                logits, topk_weights, topk_ids, rows, self.bias(), budget, float(p.fraction),
-                int(p.batch_score), float(p.alpha), p.beta, *tail,
+                logits, topk_weights, topk_ids, rows, self.bias(), self._scalar(p, logits.device),
+                float(p.fraction), int(p.batch_score), float(p.alpha), p.beta, *tail,
             )  # fmt: skip
         if p.kind == "keep_k0":
             return torch.ops.lynx.remap_keep(
-                logits, topk_weights, topk_ids, rows, self.bias(), p.k0, *tail
-            )
+                logits, topk_weights, topk_ids, rows, self.bias(), self._scalar(p, logits.device),
+                *tail,
+            )  # fmt: skip
         return torch.ops.lynx.remap(
             logits, topk_weights, topk_ids, rows, self.bias(), float(p.alpha), p.beta, *tail
         )

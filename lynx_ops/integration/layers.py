@@ -113,9 +113,10 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
     if device is not None:  # allocate now: never inside a graph capture
         state.stats = ExpertStats(1, device)
     for variant in policy.variants():
-        if variant.kind == "budget":
-            state.budgets[id(variant)] = torch.full(
-                (1,), variant.budget_value(num_experts), dtype=torch.int32, device=device or "cpu"
+        value = variant.setting_value(num_experts)
+        if value is not None:
+            state.scalars[id(variant)] = torch.full(
+                (1,), value, dtype=torch.int32, device=device or "cpu"
             )
     with layer_state.LOCK:
         LAYERS[name] = state

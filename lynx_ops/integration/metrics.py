@@ -189,12 +189,13 @@ def read_controllers(directory: Path) -> list[dict[str, Any]]:
 
 # name suffix, help text: the TPOT controller's gauges (labels: engine), then its step counter
 CONTROLLER_GAUGES = (
-    ("controller_budget", "The budget K the TPOT controller has in force", "budget"),
+    ("controller_budget", "The setting the TPOT controller has in force (budget K or keep_k0 k0)",
+     "budget"),
     ("controller_target_ms", "The TPOT controller's decode step target, ms", "target_ms"),
     ("controller_step_ms", "The controller's moving average of the decode step period, ms",
      "average_ms"),
 )  # fmt: skip
-CONTROLLER_STEPS = ("controller_decode_steps", "Decode steps the controller ran at each budget K")
+CONTROLLER_STEPS = ("controller_decode_steps", "Decode steps the controller ran at each setting")
 
 
 def controller_samples(directory: Path):

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Lynx's scheduler: vLLM's own, plus the TPOT controller (lynx_ops/controller.py) that sets the
-budget policy's K between decode steps.
+policy's setting (a budget's K, or keep_k0's k0; "K" below) between decode steps.
 
     VLLM_LYNX_ENABLED=1 VLLM_LYNX_CONFIG_FILE=budget.json VLLM_LYNX_CONTROLLER_FILE=tpot.json \\
         vllm serve MODEL --scheduler-cls lynx_ops.integration.scheduler.LynxAsyncScheduler
@@ -10,7 +10,7 @@ budget policy's K between decode steps.
 vLLM's step period (the interval between consecutive `update_from_output` calls of pure-decode
 steps, as the engine core sees them), feeds it to the controller with the step's row count, and
 attaches the chosen K to every SchedulerOutput it schedules. Each worker rank writes that K into
-its layers' budget scalars before the step's forward (budget_sync.py), which the kernel reads on
+its layers' setting scalars before the step's forward (budget_sync.py), which the kernel reads on
 the device, so captured CUDA graphs replay with the new K and every tensor-parallel rank runs the
 same K in the same step. Data parallelism (one scheduler per rank) is refused at startup.
 """
@@ -72,7 +72,7 @@ class _Controlled:
         self._lynx_logged = self._lynx_published = time.monotonic()
         self._lynx_publish()
         cfg = self._lynx.config
-        logger.info("[lynx] TPOT controller: target %.3g ms, K ladder %s, floors %s; tensor "
+        logger.info("[lynx] TPOT controller: target %.3g ms, ladder %s, floors %s; tensor "
                     "parallel ranks %d", cfg.target_ms, list(cfg.ladder),
                     [list(f) for f in cfg.floors] or "none", par.tensor_parallel_size)  # fmt: skip
 
@@ -106,8 +106,8 @@ class _Controlled:
         if now - self._lynx_logged >= SUMMARY_INTERVAL_S:
             self._lynx_logged = now
             snap = self._lynx.snapshot()
-            logger.info("[lynx] TPOT controller: K=%d, step %.3g ms (average), decode steps at "
-                        "each K %s", snap["budget"], snap["average_ms"] or 0.0,
+            logger.info("[lynx] TPOT controller: setting %d, step %.3g ms (average), decode "
+                        "steps at each setting %s", snap["budget"], snap["average_ms"] or 0.0,
                         snap["steps_at"])  # fmt: skip
 
     def update_from_output(self, scheduler_output, model_runner_output):

