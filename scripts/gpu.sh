@@ -17,6 +17,8 @@
 #   online:SHAPE    lynx-bench online (vllm bench serve), stock / Lynx / stock, calibrated router
 #   online:SHAPE@FILE  only a Lynx server with perf/policies/FILE.json: the stock servers and their
 #                   declared SLOs are reused from an earlier online:SHAPE stage of the chain
+#   online:SHAPE@FILE+CTRL  the same, the Lynx server with the TPOT controller's settings from
+#                   perf/policies/CTRL.json (docs/CONTROLLER.md)
 #   soak:SHAPE      lynx-bench soak: flag off, then on, LYNX_SOAK_MINUTES (default 10) each of
 #                   mixed traffic, vllm bench serve, cut streams and malformed requests
 #   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
@@ -68,13 +70,19 @@ ceilings_of() {  # expert counts K that bracket what Lynx reaches at B = 8..64
 }
 
 stage() {
-  local name="$1" kind="${1%%:*}" shape="${1#*:}" dir="$RES/${1/:/_}" policy="" extra=""
+  local name="$1" kind="${1%%:*}" shape="${1#*:}" dir="$RES/${1/:/_}" policy="" extra="" ctrl=""
   case "$shape" in *@*) policy="${shape#*@}" shape="${shape%@*}" ;; esac
+  case "$policy" in *+*) ctrl="${policy#*+}" policy="${policy%+*}" ;; esac
+  if [ -n "$ctrl" ] && [ "$kind" != online ]; then
+    echo "$(date +%T) $name refused: a controller file (+CTRL) needs an online stage" >> "$RES/stages"
+    return 2
+  fi
   local layers; layers="$(layers_of "$shape")"
   if [ -n "$policy" ]; then  # KIND:SHAPE@FILE: perf/policies/FILE.json, the stock side reused
     local earlier="results.json"; [ "$kind" = online ] && earlier="online.json"
     extra="--policy-file perf/policies/$policy.json --reuse $RES/${kind}_$shape/$earlier"
   fi
+  [ -n "$ctrl" ] && extra="$extra --controller-file perf/policies/$ctrl.json"
   echo "$(date +%T) $name start" >> "$RES/stages"
   case "$kind" in
     offline)
