@@ -35,9 +35,10 @@ def _policy(column: str, shape: str, default_file: str | None) -> Policy:
         if not default_file:
             raise SystemExit("a run used the family default: give --default-policy FILE")
         return select_policy(config, config_file=default_file).policy
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"policies": json.loads(column)}, f)
-    return select_policy(config, config_file=f.name).policy
+    with tempfile.TemporaryDirectory(prefix="lynx-policy-") as tmp:  # removed with the file
+        path = Path(tmp) / "policy.json"
+        path.write_text(json.dumps({"policies": json.loads(column)}))
+        return select_policy(config, config_file=str(path)).policy
 
 
 def _matches(setting: Policy, text: str) -> bool:
