@@ -103,7 +103,8 @@ def controller_side(args: argparse.Namespace) -> tuple[dict[str, str], list[str]
     from lynx_ops.controller import ControllerError, load_config
 
     if not getattr(args, "policy_file", None):
-        raise SystemExit("--controller-file turns a budget policy's K or a keep_k0 policy's k0: give --policy-file too")
+        raise SystemExit("--controller-file turns a budget policy's K or a keep_k0 policy's k0: "
+                         "give --policy-file too")  # fmt: skip
     try:
         load_config(path)
     except ControllerError as e:
