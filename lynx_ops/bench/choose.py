@@ -12,6 +12,9 @@ batch size's setting as the entry's own fields (it also serves larger batches), 
 `by_batch` buckets (`max_batch` = the measured batch size). Batches smaller than the smallest
 measured one take its setting, although a setting costs more NLL at smaller batches (the frontier
 shows it growing as B shrinks): measure the batch sizes you serve.
+
+With `--controller-out`, the same limit also gives the TPOT controller's accuracy floors for a
+keep_k0 or budget ladder (controller_floors), written as a controller file.
 """
 
 from __future__ import annotations
@@ -63,6 +66,51 @@ def choose(rows: list[dict[str, Any]], max_dnll_pct: float) -> dict[int, dict[st
               if r["batch"] == batch and r["dnll_pct"] <= max_dnll_pct]  # fmt: skip
         chosen[batch] = min(ok, key=lambda t: t[:3])[3] if ok else None
     return chosen
+
+
+# The policy kinds the TPOT controller turns, and the field it turns (docs/CONTROLLER.md)
+CONTROLLED = {"keep_k0": "k0", "budget": "budget"}
+
+
+def controller_floors(rows: list[dict[str, Any]], kind: str, max_dnll_pct: float,
+                      top: int) -> list[list[int]]:  # fmt: skip
+    """The TPOT controller's accuracy floors by the same limit: per measured batch size
+    (ascending), [batch, floor]. The floor is the smallest value of `kind`'s field such that
+    every setting of `kind` and that field alone the frontier measured at that batch, from the
+    largest value down to it, is within the limit; `top` (no room) where the largest is not.
+    A controller may then take any ladder value at or above the floor: values between measured
+    ones (k0 = 7 between 6 and 8, say) are assumed to cost no more than the measured value below
+    them, as larger k0 or K is less aggressive."""
+    field = CONTROLLED[kind]
+    floors = []
+    for batch in sorted({r["batch"] for r in rows}):
+        measured: dict[int, float] = {}
+        for r in rows:
+            fields = parse_setting(r["setting"])
+            if r["batch"] == batch and set(fields) == {"kind", field} and fields["kind"] == kind:
+                value = int(fields[field])  # a repeated setting (pooled runs): its worst change
+                measured[value] = max(measured.get(value, r["dnll_pct"]), r["dnll_pct"])
+        floor = top
+        for value in sorted(measured, reverse=True):
+            if measured[value] > max_dnll_pct:
+                break
+            floor = min(floor, value)
+        floors.append([batch, floor])
+    return floors
+
+
+def write_controller(config: dict[str, Any], path: Path) -> None:
+    """Write a controller file and load it back through the controller's own checks."""
+    from lynx_ops.controller import ControllerError, load_config
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config) + "\n")
+    try:
+        load_config(path)
+    except ControllerError as e:
+        raise SystemExit(
+            f"choose: the controller file written to {path} does not load: {e}"
+        ) from None
 
 
 def _setting(row: dict[str, Any] | None) -> dict[str, Any]:

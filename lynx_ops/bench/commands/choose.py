@@ -22,6 +22,18 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="the checkpoint the frontier measured (default: its `model` column); "
                              "its config names the model_type and the family defaults")  # fmt: skip
     parser.add_argument("--out", required=True, help="policy file to write (JSON)")
+    g = parser.add_argument_group("TPOT controller file (docs/CONTROLLER.md)")
+    g.add_argument("--controller-out", metavar="FILE",
+                   help="also write a controller file whose floors are, per measured batch size, "
+                        "the most aggressive value of --controller-kind within the same limit")  # fmt: skip
+    g.add_argument("--controller-kind", choices=["keep_k0", "budget"], default="keep_k0",
+                   help="the policy kind the controller turns: keep_k0's k0 (default) or a "
+                        "budget's K; floors come from the frontier's settings of that kind that "
+                        "set only that field (keep_k0:k0=N, budget:budget=N)")  # fmt: skip
+    g.add_argument("--ladder", type=int, nargs="+", metavar="N",
+                   help="the controller's settings, least aggressive first (for keep_k0, start at "
+                        "the router's k)")  # fmt: skip
+    g.add_argument("--target-ms", type=float, help="the controller's decode step target, ms")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,4 +71,25 @@ def main(args: argparse.Namespace) -> int:
     entry = choose.policy_entry(picked, config["model_type"], default)
     choose.write_policy(entry, Path(args.out))
     print(f"policy file: {args.out} (VLLM_LYNX_CONFIG_FILE={args.out})")
+    if args.controller_out:
+        _controller(args, rows, top_k)
     return 0
+
+
+def _controller(args: argparse.Namespace, rows: list, top_k: int) -> None:
+    from lynx_ops.bench import choose
+
+    if not args.ladder or args.target_ms is None:
+        raise SystemExit("choose: --controller-out needs --ladder and --target-ms")
+    if args.controller_kind == "keep_k0" and args.ladder[0] > top_k:
+        raise SystemExit(f"choose: a keep_k0 ladder starts at most at the router's k={top_k}, "
+                         f"got {args.ladder[0]}")  # fmt: skip
+    floors = choose.controller_floors(rows, args.controller_kind, args.max_dnll_pct,
+                                      args.ladder[0])  # fmt: skip
+    field = choose.CONTROLLED[args.controller_kind]
+    print(f"controller floors ({args.controller_kind} {field}, the same limit): "
+          + ", ".join(f"B<={b}: {field}>={v}" for b, v in floors))  # fmt: skip
+    choose.write_controller({"target_ms": args.target_ms, "ladder": args.ladder,
+                             "floors": floors}, Path(args.controller_out))  # fmt: skip
+    print(f"controller file: {args.controller_out} (VLLM_LYNX_CONTROLLER_FILE; the policy it "
+          f"turns needs kind {args.controller_kind})")  # fmt: skip
