@@ -26,11 +26,11 @@ types = {  # argument name -> type; pointers to partial buffers by their element
     "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "counter_ptr": "*i32", "top1_ptr": "*i32", "moved_ptr": "*i32",
     "hist_ptr": "*i64", "kept_ptr": "*i8", "before_ptr": "*i8", "after_ptr": "*i8",
     "alpha": "fp32", "scale": "fp32",
-    "budget_ptr": "*i32", "fraction_ptr": "*fp64", "parts_ptr": "*i64",
+    "budget_ptr": "*i32", "fraction_ptr": "*fp64", "parts_ptr": "*i64", "k0_ptr": "*i32",
 }
 const = dict(K=k, BETA=2, SCORING=scoring, RULE=rule, GROUPED=bool(grouped), EPS=1e-6,
              BLOCK_T=16, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k), CHUNK=8, VARIANT=0,
-             K0=max(1, k // 2), HIST=bool(rule != 1), SCORE_BITS=38 if rule != 1 else 12)
+             HIST=bool(rule != 1), SCORE_BITS=38 if rule != 1 else 12)
 kernels = (remap._fused_kernel, remap._hist_kernel, remap._vote_kernel, remap._final_kernel,
            policies._keep_kernel, policies._keep_partial_kernel, policies._budget_kernel,
            policies._budget_partial_kernel, policies._budget_final_kernel)
