@@ -111,15 +111,20 @@ def check_keep_inputs(scores, topk_weights, topk_ids, num_valid, correction_bias
                    f"k={topk_ids.shape[1]}] act as the nearest end", scores, fail)  # fmt: skip
 
 
-def _check_setting(value, name: str, meaning: str, scores, fail) -> None:
-    """A policy's setting tensor: one int32/int64 value on the scores' device. Its value is not
-    read here: that would synchronise the host with the GPU; the kernels clamp it instead."""
+def _check_one_value(value, name: str, meaning: str, scores, fail) -> None:
+    """A one-element int32/int64 tensor (num_valid, a policy's setting). Its value is not read
+    here: that would synchronise the host with the GPU; the kernels clamp it instead."""
     if not isinstance(value, torch.Tensor):
         fail(f"{name} must be a one-element int32/int64 tensor on {scores.device} ({meaning}), "
              f"got {type(value).__name__} {value!r}")  # fmt: skip
     if value.numel() != 1 or value.dtype not in _ID_DTYPES:
         fail(f"{name} must hold one int32/int64 value ({meaning}), got shape "
              f"{tuple(value.shape)} dtype {value.dtype}")  # fmt: skip
+
+
+def _check_setting(value, name: str, meaning: str, scores, fail) -> None:
+    """A policy's setting tensor: one int32/int64 value on the scores' device."""
+    _check_one_value(value, name, meaning, scores, fail)
     if value.device != scores.device:
         fail(f"{name} must be on {scores.device} with the scores, got {value.device}")
 
@@ -151,11 +156,7 @@ def _check_routing(scores, topk_weights, topk_ids, num_valid, correction_bias, s
         fail(f"topk_weights dtype {topk_weights.dtype} not supported; use one of {_FLOAT_DTYPES}")
     if not 1 <= k <= num_experts:
         fail(f"k={k} experts per row must be in [1, E={num_experts}]")
-    if num_valid.numel() != 1 or num_valid.dtype not in _ID_DTYPES:
-        fail(
-            "num_valid must hold one int32/int64 value (the number of valid rows), got "
-            f"shape {tuple(num_valid.shape)} dtype {num_valid.dtype}"
-        )
+    _check_one_value(num_valid, "num_valid", "the number of valid rows", scores, fail)
     devices = {t.device for t in (scores, topk_weights, topk_ids, num_valid)}
     if correction_bias is not None:
         devices.add(correction_bias.device)

@@ -178,6 +178,25 @@ def test_non_finite_or_non_positive_scale_is_rejected(scale):
         torch.ops.lynx.remap(*args)
 
 
+@pytest.mark.parametrize(
+    "num_valid, match",
+    [
+        (torch.tensor([4, 5]), r"num_valid must hold one int32/int64 value \(the number of valid "
+                               r"rows\), got shape \(2,\) dtype torch.int64"),
+        (torch.tensor([4.0]), r"num_valid must hold one int32/int64 value .* dtype torch.float32"),
+        (4, r"num_valid must be a one-element int32/int64 tensor on cpu .* got int 4"),
+    ],
+)  # fmt: skip
+def test_a_bad_num_valid_is_named(num_valid, match):
+    """The op's own check (the op's schema refuses a plain int before it, in its own words)."""
+    from lynx_ops.ops import check_remap_inputs
+
+    args = _qwen3_args()
+    args[3] = num_valid
+    with pytest.raises(ValueError, match=match):
+        check_remap_inputs(*args)
+
+
 def test_out_of_range_or_duplicate_ids_are_rejected_on_cpu():
     args = _qwen3_args()
     bad = args[2].clone()

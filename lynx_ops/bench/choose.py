@@ -82,17 +82,19 @@ def controller_floors(rows: list[dict[str, Any]], kind: str, max_dnll_pct: float
     ones (k0 = 7 between 6 and 8, say) are assumed to cost no more than the measured value below
     them, as larger k0 or K is less aggressive."""
     field = CONTROLLED[kind]
+    # (batch, value) -> its NLL change; a repeated setting (pooled runs) counts with its worst
+    measured: dict[int, dict[int, float]] = {r["batch"]: {} for r in rows}
+    for r in rows:
+        fields = parse_setting(r["setting"])
+        if set(fields) == {"kind", field} and fields["kind"] == kind:
+            at = measured[r["batch"]]
+            value = int(fields[field])
+            at[value] = max(at.get(value, r["dnll_pct"]), r["dnll_pct"])
     floors = []
-    for batch in sorted({r["batch"] for r in rows}):
-        measured: dict[int, float] = {}
-        for r in rows:
-            fields = parse_setting(r["setting"])
-            if r["batch"] == batch and set(fields) == {"kind", field} and fields["kind"] == kind:
-                value = int(fields[field])  # a repeated setting (pooled runs): its worst change
-                measured[value] = max(measured.get(value, r["dnll_pct"]), r["dnll_pct"])
+    for batch in sorted(measured):
         floor = top
-        for value in sorted(measured, reverse=True):
-            if measured[value] > max_dnll_pct:
+        for value in sorted(measured[batch], reverse=True):
+            if measured[batch][value] > max_dnll_pct:
                 break
             floor = min(floor, value)
         floors.append([batch, floor])

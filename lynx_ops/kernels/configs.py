@@ -34,10 +34,11 @@ class LaunchConfig:
     # How the k candidates of a row are picked (kernels/remap.py, _block_kept): 0 two keys with
     # two row reductions per pick (the default, measured); 1 one key (the histogram's rank) with
     # one reduction per pick, exact and tested. Its first H200 sweep (Qwen3 shape, one run,
-    # perf/results/kernel_sweep_h200_d534612.csv) had it 0-14% faster on split launches at
-    # T >= 32 and slower on the fused one at T=1: a lead, not yet a default. A third, one bitonic top-k (tl.topk) for all k picks, was
-    # exact in the interpreter but not on the H200 (Triton 3.6: duplicate ids in 2 of 12 family
-    # shapes at T=1, and no compile at k=1), so it was removed.
+    # perf/results/kernel_sweep_h200_d534612.csv) had it up to 14% faster on split launches at
+    # T >= 32 and 1.7x slower on the fused one at T=1: a lead, not yet a default. A third, one
+    # bitonic top-k (tl.topk) for all k picks, was exact in the interpreter but not on the H200
+    # (Triton 3.6: duplicate ids in 2 of 12 family shapes at T=1, and no compile at k=1), so it
+    # was removed.
     variant: int = 0
 
     def __post_init__(self):
