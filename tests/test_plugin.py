@@ -284,9 +284,11 @@ def test_stats_line_reports_deltas_since_last_line():
         layers.LAYERS.clear()
 
 
-def _wrapped_torch_router(monkeypatch, eplb_state=None):
+def _wrapped_torch_router(monkeypatch, eplb_state=None, packed_read=False):
     """A real vLLM BaseRouter subclass (pure-torch top-k so it runs on CPU), wrapped by Lynx as on
-    GPUs, under a uniform-decode forward context. Returns (router, state, logits, stock routing)."""
+    GPUs, under a uniform-decode forward context. Returns (router, state, logits, stock routing).
+    `packed_read`: its top-k reads the logits' rows as packed whatever their stride, as vLLM
+    0.26's CUDA topk_softmax does (vllm-project/vllm#56900)."""
     import torch
     import vllm.forward_context as fc
     from vllm.config import CUDAGraphMode
@@ -300,6 +302,11 @@ def _wrapped_torch_router(monkeypatch, eplb_state=None):
         routing_method_type = None  # abstract in vLLM; unused here
 
         def _compute_routing(self, hidden_states, router_logits, indices_type, *, input_ids=None):
+            if packed_read:
+                T, E = router_logits.shape
+                router_logits = router_logits.as_strided(
+                    (T, E), (E, 1), router_logits.storage_offset()
+                )
             vals, ids = router_logits.float().topk(self.top_k, dim=1)
             return vals.softmax(dim=1), ids.to(torch.int32)
 
@@ -338,6 +345,41 @@ def test_wrapped_router_feeds_remapped_ids_to_capture_and_dtype_cast(monkeypatch
     assert ids.dtype == torch.int64 and torch.equal(ids, want[1].long())
     assert torch.equal(captured[0], want[1]) and torch.equal(weights, want[0])
     assert not torch.equal(want[1], stock_ids), "the batch should be remapped"
+    layers.LAYERS.clear()
+
+
+def test_wrapped_router_hands_the_top_k_packed_rows(monkeypatch, caplog):
+    """Logits with padded rows (the layout Inductor may give a gate's output) reach a top-k that
+    reads rows as packed: the wrapper hands it a packed copy, so its ids are the logits' top-k and
+    the remap sees the routing it assumes; one warning says so. Without the copy the stub's ids
+    differ from the real top-k (the check that the stub reproduces the bug)."""
+    import torch
+
+    from lynx_ops.integration import layer_state
+    from lynx_ops.reference import keep_ref
+
+    router, state, x, (stock_w, stock_ids) = _wrapped_torch_router(monkeypatch, packed_read=True)
+    buf = torch.full((16, 136), 50.0)  # the gap holds logits that would win every row if read
+    buf[:, :128] = x
+    padded = buf[:, :128]
+    assert padded.stride() == (136, 1)
+    unwrapped = type(router)._compute_routing(router, None, padded, None)[1]
+    assert not torch.equal(unwrapped, stock_ids), "the stub should misread padded rows"
+
+    handed = []  # the ids the router's top-k hands to the remap
+    route = layers.route
+    monkeypatch.setattr(
+        layers, "route", lambda st, lg, w, i: handed.append(i) or route(st, lg, w, i)
+    )
+    layer_state.LOGGED.discard("padded-logits")
+    with caplog.at_level("WARNING"):
+        weights, ids = router._select_experts(torch.zeros(16, 4), padded, torch.int32)
+        router._select_experts(torch.zeros(16, 4), padded, torch.int32)
+    want = keep_ref(x, stock_w, stock_ids, torch.tensor([16]), None, QWEN3_16_ROWS_K0, *TAIL)
+    assert torch.equal(handed[0], stock_ids), "the top-k ran on misread rows"
+    assert torch.equal(ids, want[1]) and torch.equal(weights, want[0])
+    warned = [r for r in caplog.records if "padded rows" in r.getMessage()]
+    assert len(warned) == 1 and "(136, 1)" in warned[0].getMessage()
     layers.LAYERS.clear()
 
 

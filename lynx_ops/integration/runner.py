@@ -14,6 +14,24 @@ from lynx_ops.integration import cpu_routing, layers
 _ON_CPU = current_platform.is_cpu()
 
 
+def packed_rows(router_logits, layer: str):
+    """The router logits with rows packed (row stride E). Inductor may pad the rows of the gate's
+    output ([T, 60] with row stride 64 for Qwen1.5-MoE), and vLLM 0.26's CUDA topk_softmax reads
+    rows as packed, so its ids are then the top-k of the wrong scores (vllm-project/vllm#56900)
+    while the remap reads the real ones by stride: every row would look moved. One [T, E] copy
+    makes the two agree; strides are fixed per compiled graph, so this decides once per shape."""
+    if router_logits.dim() != 2 or router_logits.stride(0) == router_logits.shape[1]:
+        return router_logits
+    layers.log_once(
+        "padded-logits", logging.WARNING,
+        "router logits of %s arrive with padded rows (shape %s, strides %s); vLLM's top-k reads "
+        "rows as packed (vllm-project/vllm#56900), so with Lynx on the router's top-k runs on a "
+        "packed copy: the routing follows the real logits, where stock vLLM's does not",
+        layer, tuple(router_logits.shape), tuple(router_logits.stride()),
+    )  # fmt: skip
+    return router_logits.contiguous()
+
+
 def wrap_router(router, state: layers.LayerState) -> None:
     """Route this router instance's top-k through Lynx: `BaseRouter._select_experts` calls
     `_compute_routing` (the family's top-k), then the routed-experts capture, the EPLB map and the
@@ -22,8 +40,9 @@ def wrap_router(router, state: layers.LayerState) -> None:
 
     def lynx_compute_routing(hidden_states, router_logits, indices_type, *, input_ids=None):
         weights, ids = compute_routing(
-            hidden_states, router_logits, indices_type, input_ids=input_ids
-        )
+            hidden_states, packed_rows(router_logits, state.name), indices_type,
+            input_ids=input_ids,
+        )  # fmt: skip
         weights, ids, _ = layers.route(state, router_logits, weights, ids)
         return weights, ids
 
