@@ -109,6 +109,14 @@ def op_args(shape: Shape, x, w, ids, bias, n: int):
             int(shape.rule), shape.scale, shape.groups)  # fmt: skip
 
 
+def row_padded(x: torch.Tensor, width: int, fill: float) -> torch.Tensor:
+    """`x` [T, E] as a view with row stride `width` > E and `fill` in the gap: the layout
+    Inductor's stride padding gives a router's output (E = 60 becomes a row stride of 64)."""
+    buf = torch.full((x.shape[0], width), fill, dtype=x.dtype, device=x.device)
+    buf[:, : x.shape[1]] = x
+    return buf[:, : x.shape[1]]
+
+
 def near_bin_edge(args, margin: float = 1e-5) -> bool:
     """True if a transcendental selection score (SIGMOID_BIAS) puts some alpha*d within `margin` of a
     bin edge, or two scores of a row within `margin` of each other. There one ulp of exp/log, which

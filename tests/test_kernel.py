@@ -25,6 +25,7 @@ from tests.helpers import (
     make_batch,
     near_bin_edge,
     op_args,
+    row_padded,
     run_kernel,
 )
 
@@ -82,12 +83,7 @@ def test_permuted_inputs(device):
     )
 
 
-def _row_padded(x: torch.Tensor, width: int, fill: float) -> torch.Tensor:
-    """`x` [T, E] as a view with row stride `width` > E and `fill` in the gap: the layout
-    Inductor's stride padding gives a router's output (E = 60 becomes a row stride of 64)."""
-    buf = torch.full((x.shape[0], width), fill, dtype=x.dtype, device=x.device)
-    buf[:, : x.shape[1]] = x
-    return buf[:, : x.shape[1]]
+QWEN15 = Shape(60, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -95,21 +91,19 @@ def _row_padded(x: torch.Tensor, width: int, fill: float) -> torch.Tensor:
 def test_row_padded_scores(device, path):
     """Scores with a padded row stride (Qwen1.5's E = 60 in a stride of 64) give what the
     contiguous scores give; the gap holds huge logits that would win every row if it were read."""
-    shape = Shape(60, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4)
-    x, w, ids, bias = make_batch(shape, 24, seed=12, spread=1.2)
-    xp = _row_padded(x, 64, 1e4)
+    x, w, ids, bias = make_batch(QWEN15, 24, seed=12, spread=1.2)
+    xp = row_padded(x, 64, 1e4)
     assert xp.stride() == (64, 1)
-    args = op_args(shape, xp, w, ids, bias, 21)
-    got = run_kernel(device, args, path)
-    assert_matches_reference(op_args(shape, x, w, ids, bias, 21), got)
-    assert torch.equal(got[1], torch.ops.lynx.remap(*op_args(shape, x, w, ids, bias, 21))[1])
+    packed = op_args(QWEN15, x, w, ids, bias, 21)
+    got = run_kernel(device, op_args(QWEN15, xp, w, ids, bias, 21), path)
+    assert_matches_reference(packed, got)
+    assert torch.equal(got[1], torch.ops.lynx.remap(*packed)[1])
 
 
 def test_row_padded_scores_on_the_cpu_op():
-    shape = Shape(60, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4)
-    x, w, ids, bias = make_batch(shape, 24, seed=13, spread=1.2)
-    args = op_args(shape, _row_padded(x, 64, 1e4), w, ids, bias, 21)
-    assert_matches_reference(op_args(shape, x, w, ids, bias, 21), torch.ops.lynx.remap(*args))
+    x, w, ids, bias = make_batch(QWEN15, 24, seed=13, spread=1.2)
+    args = op_args(QWEN15, row_padded(x, 64, 1e4), w, ids, bias, 21)
+    assert_matches_reference(op_args(QWEN15, x, w, ids, bias, 21), torch.ops.lynx.remap(*args))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -357,11 +357,10 @@ def test_wrapped_router_hands_the_top_k_packed_rows(monkeypatch, caplog):
 
     from lynx_ops.integration import layer_state
     from lynx_ops.reference import keep_ref
+    from tests.helpers import row_padded
 
     router, state, x, (stock_w, stock_ids) = _wrapped_torch_router(monkeypatch, packed_read=True)
-    buf = torch.full((16, 136), 50.0)  # the gap holds logits that would win every row if read
-    buf[:, :128] = x
-    padded = buf[:, :128]
+    padded = row_padded(x, 136, 50.0)  # the gap holds logits that would win every row if read
     assert padded.stride() == (136, 1)
     unwrapped = type(router)._compute_routing(router, None, padded, None)[1]
     assert not torch.equal(unwrapped, stock_ids), "the stub should misread padded rows"
