@@ -7,7 +7,8 @@
 #                                        background (setsid: they outlive this call)
 #   bash scripts/gpu.sh wait SECONDS     wait for the stages, printing progress; then, where $OUT
 #                                        is set, results.tgz as collect writes it, so that a machine
-#                                        lost before the last call still returned what it had
+#                                        lost before the last call still returned what it had; on a
+#                                        machine where start never ran, exit 3 at once (COLD)
 #   bash scripts/gpu.sh collect          the stages' tables, and results.tgz into $OUT
 #
 # Stages (each logs to $RES/<stage>.log, results under $RES/<stage>/):
@@ -47,7 +48,7 @@
 set -uo pipefail
 cmd="${1:?start STAGE... | wait SECONDS | collect}"
 shift
-REPO=/tmp/lynx-repo RES=/tmp/lynx-res
+REPO=/tmp/lynx-repo RES="${LYNX_GPU_RES:-/tmp/lynx-res}"
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_CACHE_ROOT=/tmp/vllm-cache
 # Never NVLink multicast, also in processes that set their own environment (shared GPUs).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -142,6 +143,13 @@ start)
   echo "started: $*"; cat "$RES/gpu.txt"
   ;;
 wait)
+  # start writes gpu.txt first. Without it this is a fresh machine (the last one went back after
+  # 30 s idle): say so at once, rather than spend the whole wait of device time on nothing.
+  if [ ! -f "$RES/gpu.txt" ]; then
+    echo "COLD: no chain was started on this machine (the one that ran start was given back);"
+    echo "send the devkit again and start the stages that had not finished"
+    exit 3
+  fi
   deadline=$(( $(date +%s) + ${1:-0} ))
   while [ "$(date +%s)" -lt "$deadline" ] && ! grep -q "all done" "$RES/stages" 2>/dev/null; do
     sleep 10

@@ -465,6 +465,33 @@ def test_online_experts_come_from_the_repeats_that_remapped():
     assert none["experts_after"] is None and none["remapped_steps"] == 0
 
 
+def test_online_table_marks_runs_with_a_kernel_compiled_in_them(capsys):
+    """Runs in which vLLM's JIT monitor logged a compilation were 20-25% slower on the H200: the
+    aggregate counts them per load point and the table gives each one a star and a footnote."""
+    from lynx_ops.bench.commands.online import _print_online
+    from lynx_ops.bench.online import aggregate
+
+    base = {"load": "concurrency", "value": 64.0, "median_tpot_ms": 19.0,
+            "median_ttft_ms": 300.0, "completed": 64, "failed": 0, "engine_steps": 520.0}  # fmt: skip
+    rows = [
+        {**base, "side": "stock", "repeat": 0, "output_throughput": 3254.0, "jit_events": 0},
+        {**base, "side": "stock", "repeat": 1, "output_throughput": 2582.0, "jit_events": 2},
+        {**base, "side": "stock", "repeat": 2, "output_throughput": 2800.0, "jit_events": 2},
+        {**base, "side": "lynx", "repeat": 0, "output_throughput": 3300.0, "jit_events": 0},
+    ]
+    agg = aggregate(rows, [])
+    by_side = {a["side"]: a for a in agg}
+    assert by_side["stock"]["runs_with_jit"] == 2 and by_side["lynx"]["runs_with_jit"] == 0
+    prov = {"gpu": "g", "vllm": "v", "lynx_ops": "l", "git_sha": "s"}
+    _print_online(agg, {}, [], "calibrated", prov, ["stock", "lynx"])
+    out = capsys.readouterr().out
+    assert "2800[2582-3254]**" in out
+    assert "3300 " in out and "3300*" not in out
+    assert "JIT monitor logged a kernel compiling" in out
+    _print_online(aggregate(rows[:1] + rows[3:], []), {}, [], "calibrated", prov, ["stock", "lynx"])
+    assert "JIT monitor" not in capsys.readouterr().out
+
+
 def test_frontier_in_time_joins_each_batch_setting_with_its_measured_nll(tmp_path):
     """perf/frontier_in_time.py: a run's policy at each batch size is looked up among the frontier
     rows of that setting and batch (pooled by their mean); an off bucket costs nothing."""

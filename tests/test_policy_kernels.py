@@ -113,13 +113,17 @@ def test_budget_fraction_ceiling_agrees_with_the_reference_at_exact_products(dev
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("path", ["auto", "split"])
-def test_policies_on_a_large_batch_over_many_blocks(device, path):
+@pytest.mark.parametrize(
+    "family,T,n", [("qwen3-30b-a3b", 200, 150), ("deepseek-v2-lite", 300, 263)], ids=str
+)
+def test_policies_on_a_large_batch_over_many_blocks(device, path, family, T, n):
     """T = 200 of which 150 valid on the Qwen3 shape: the split path with 25 blocks (auto) or 100
-    (small blocks: more partials than one load of `_sum_partials` holds), both policies."""
+    (small blocks: more partials than one load of `_sum_partials` holds); T = 300 at 64 experts:
+    the large-batch 1024-score tile of kernels/configs.py (auto). Both policies."""
     from lynx_ops.kernels.policies import budget_triton, keep_triton
 
-    shape = next(p.values[0] for p in FAMILY_SHAPES if p.id == "qwen3-30b-a3b")
-    base = _batch(shape, 200, 150, 0)
+    shape = next(p.values[0] for p in FAMILY_SHAPES if p.id == family)
+    base = _batch(shape, T, n, 0)
     keep = (*base, torch.tensor([4]), int(shape.scoring), int(shape.rule), shape.scale,
             shape.groups)  # fmt: skip
     _check(keep_ref(*keep), _launch(device, path, torch.ops.lynx.remap_keep, keep_triton, keep),

@@ -396,7 +396,10 @@ def aggregate(rows: list[dict], slos: list[float]) -> list[dict[str, Any]]:
                "engine_steps": med("engine_steps"), "preemptions": med("preemptions"),
                "remapped_steps": med("remapped_steps"),
                "experts_before": med_remapped("experts_before"),
-               "experts_after": med_remapped("experts_after")}  # fmt: skip
+               "experts_after": med_remapped("experts_after"),
+               # repeats in which vLLM compiled a kernel: on the H200 such runs were 20-25% slower
+               # (perf/results/online_qwen3-moe_48L_h200_0fa2eaf_*), so the table marks them
+               "runs_with_jit": sum(1 for r in rs if r.get("jit_events"))}  # fmt: skip
         for slo in slos:
             agg[f"goodput_req_s@{slo:.2f}ms"] = med(f"goodput_req_s@{slo:.2f}ms")
             agg[f"goodput_tok_s@{slo:.2f}ms"] = med(f"goodput_tok_s@{slo:.2f}ms")

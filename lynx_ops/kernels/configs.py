@@ -12,6 +12,20 @@ perf/results/kernel_sweep_h100.csv; qwen3-moe, qwen2-moe and qwen1.5-moe shapes)
   T=32: fused 31.8 us, split 14.1 us), since one program walks the batch serially;
 - the best split tile grows with the batch: 256 at E=128 T=32, 512 at T=128, 1024 at T>=256,
   i.e. about 32 blocks until the 1024-score tile; larger tiles were slower everywhere.
+
+Two refinements from the H200 sweeps (perf/results/kernel_sweep_h200_d534612.csv, Qwen3 shape;
+kernel_sweep_h200_0fa2eaf_dsv2lite_qwen15.csv, DeepSeek-V2-Lite E=64 k=6 and Qwen1.5 E=60 k=4;
+T = 1, 32, 256, median of 20 graph replays):
+- split launches pick with selection variant 1 (SPLIT_VARIANT): faster than variant 0 in 17 of
+  18 split cells at T = 32 and 256 (0.75-1.01x the time; T=256 split1024: Qwen3 24.6 against
+  28.0 us, Qwen1.5 15.8 against 17.9, DeepSeek-V2-Lite 16.4 against 17.1). The fused launch keeps
+  variant 0, faster at T=1 at its default warps on all three shapes (Qwen3 5.7 against 9.9 us);
+- from 256 padded rows on, 64-expert shapes take the 1024-score tile (LARGE_BATCH_ROWS) where the
+  32-block rule gave 512: Qwen1.5 T=256 17.9 against 23.9 us, DeepSeek-V2-Lite 17.1 against 22.0
+  (with variant 1, 15.8 and 16.4 us, against the old choice's 23.6 and 21.8). 128 experts and
+  more reached that tile already; under 64 experts it was not measured, so those keep the rule.
+  Only the bins kernel reads the variant; the policy kernels (kernels/policies.py) share the
+  tiling, and their split launches at 64 experts and T >= 256 were not swept.
 """
 
 from __future__ import annotations
@@ -24,6 +38,8 @@ FUSED_TILE = 1024
 SPLIT_TILE_MIN = 256
 SPLIT_TILE_MAX = 1024
 SPLIT_BLOCKS = 32
+SPLIT_VARIANT = 1
+LARGE_BATCH_ROWS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,13 +48,11 @@ class LaunchConfig:
     block_t: int
     num_warps: int
     # How the k candidates of a row are picked (kernels/remap.py, _block_kept): 0 two keys with
-    # two row reductions per pick (the default, measured); 1 one key (the histogram's rank) with
-    # one reduction per pick, exact and tested. Its first H200 sweep (Qwen3 shape, one run,
-    # perf/results/kernel_sweep_h200_d534612.csv) had it up to 14% faster on split launches at
-    # T >= 32 and 1.7x slower on the fused one at T=1: a lead, not yet a default. A third, one
-    # bitonic top-k (tl.topk) for all k picks, was exact in the interpreter but not on the H200
-    # (Triton 3.6: duplicate ids in 2 of 12 family shapes at T=1, and no compile at k=1), so it
-    # was removed.
+    # two row reductions per pick; 1 one key (the histogram's rank) with one reduction per pick.
+    # Both are exact and tested; launch_config gives split launches 1 and fused ones 0 (the
+    # module's docstring has the H200 numbers). A third, one bitonic top-k (tl.topk) for all k
+    # picks, was exact in the interpreter but not on the H200 (Triton 3.6: duplicate ids in 2 of
+    # 12 family shapes at T=1, and no compile at k=1), so it was removed.
     variant: int = 0
 
     def __post_init__(self):
@@ -57,8 +71,10 @@ def fused_config(num_rows: int, num_experts: int) -> LaunchConfig:
 
 def split_tile(num_rows: int, num_experts: int) -> int:
     """Scores per split block: about SPLIT_BLOCKS blocks, within [SPLIT_TILE_MIN, SPLIT_TILE_MAX]."""
-    scores = triton.next_power_of_2(max(num_rows, 1)) * triton.next_power_of_2(num_experts)
-    return min(SPLIT_TILE_MAX, max(SPLIT_TILE_MIN, scores // SPLIT_BLOCKS))
+    rows, block_e = triton.next_power_of_2(max(num_rows, 1)), triton.next_power_of_2(num_experts)
+    if rows >= LARGE_BATCH_ROWS and block_e >= 64:
+        return SPLIT_TILE_MAX
+    return min(SPLIT_TILE_MAX, max(SPLIT_TILE_MIN, rows * block_e // SPLIT_BLOCKS))
 
 
 def split_config(num_experts: int, tile: int = SPLIT_TILE_MAX) -> LaunchConfig:
@@ -72,4 +88,5 @@ def launch_config(num_rows: int, num_experts: int, k: int) -> LaunchConfig:
     block_e = triton.next_power_of_2(num_experts)
     if triton.next_power_of_2(max(num_rows, 1)) * block_e <= FUSED_TILE:
         return fused_config(num_rows, num_experts)
-    return split_config(num_experts, split_tile(num_rows, num_experts))
+    split = split_config(num_experts, split_tile(num_rows, num_experts))
+    return dataclasses.replace(split, variant=SPLIT_VARIANT)

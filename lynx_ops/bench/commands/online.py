@@ -165,6 +165,7 @@ def _print_online(agg, best, slos, router, prov, sides) -> None:
     print(f"{'load':>14} " + " ".join(f"{s + ' tok/s':>17} {'TPOT p50':>8} {'TTFT p50':>8}"
                                       for s in sides) + f" {'Lynx/stock':>10} {'steps s/l':>11} "
           f"{'remapped':>8} {'experts':>12}")  # fmt: skip
+    jit_seen = False
     for load, value in points:
         cells, tput = [], {}
         for side in sides:
@@ -175,6 +176,9 @@ def _print_online(agg, best, slos, router, prov, sides) -> None:
             tput[side] = a["output_tok_s"]
             spread = (f"{a['output_tok_s']:.0f}" if a["repeats"] == 1 else
                       f"{a['output_tok_s']:.0f}[{a['output_tok_s_min']:.0f}-{a['output_tok_s_max']:.0f}]")  # fmt: skip
+            if a.get("runs_with_jit"):
+                spread += "*" * a["runs_with_jit"]  # a star per run with a kernel compiled in it
+                jit_seen = True
             cells.append(f"{spread:>17} {a['tpot_ms_p50']:>8.2f} {a['ttft_ms_p50']:>8.1f}")
         stock = [tput[s] for s in ("stock", "stock_again") if s in tput]
         ratio = (
@@ -189,6 +193,11 @@ def _print_online(agg, best, slos, router, prov, sides) -> None:
         print(f"{load[:4] + ' ' + format(value, 'g'):>14} " + " ".join(cells)
               + f" {('-' if ratio is None else f'{ratio:.2f}x'):>10} {steps:>11} {remapped:>8} "
               f"{experts:>12}")  # fmt: skip
+    if jit_seen:
+        print(
+            "* one per measured run in which vLLM's JIT monitor logged a kernel compiling "
+            "(such runs can be far slower; the runs' jit_kernels say which)"
+        )
     for slo in slos:
         key = f"{slo:.2f}"
         parts = []
