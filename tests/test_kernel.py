@@ -133,30 +133,31 @@ def test_multiple_row_blocks(device):
     [p for p in FAMILY_SHAPES if p.id in ("qwen1.5-moe-a2.7b", "deepseek-v2-lite")],
 )
 def test_large_batch_at_64_experts(device, shape):
-    """From 256 padded rows on, 64-expert shapes take the 1024-score split tile with selection
-    variant 1 (kernels/configs.py): the default launch there must equal the reference."""
+    """From 256 padded rows on, 64-expert shapes take the 1024-score split tile
+    (kernels/configs.py): the default launch there must equal the reference."""
     args = clean_args(shape, 300, 263, seed=shape.E + 7)
     assert_matches_reference(args, run_kernel(device, args))
 
 
 @pytest.mark.parametrize(
-    "rows,experts,fused,block_t,variant",
+    "rows,experts,fused,block_t",
     [
-        (1, 128, True, 1, 0),  # fused: one program, variant 0 (faster there on the H200)
-        (8, 128, True, 8, 0),  # 1024 padded scores: still one program
-        (32, 128, False, 2, 1),  # split: 4096 scores / 32 blocks = 128 -> the 256-score minimum
-        (128, 128, False, 4, 1),  # 16384 / 32 = 512-score tiles
-        (256, 128, False, 8, 1),  # 1024-score tile by the 32-block rule already
-        (128, 60, False, 4, 1),  # E=60 pads to 64: 8192 / 32 = 256-score tiles
-        (256, 60, False, 16, 1),  # the large-batch tile at 64 experts: 1024, not the rule's 512
-        (256, 8, False, 32, 1),  # under 64 experts the rule stands: 2048 / 32 -> 256
+        (1, 128, True, 1),  # fused: one program
+        (8, 128, True, 8),  # 1024 padded scores: still one program
+        (32, 128, False, 2),  # split: 4096 scores / 32 blocks = 128 -> the 256-score minimum
+        (128, 128, False, 4),  # 16384 / 32 = 512-score tiles
+        (256, 128, False, 8),  # 1024-score tile by the 32-block rule already
+        (128, 60, False, 4),  # E=60 pads to 64: 8192 / 32 = 256-score tiles
+        (256, 60, False, 16),  # the large-batch tile at 64 experts: 1024, not the rule's 512
+        (256, 8, False, 32),  # under 64 experts the rule stands: 2048 / 32 -> 256
     ],
 )
-def test_launch_config_choices(rows, experts, fused, block_t, variant):
-    from lynx_ops.kernels.configs import launch_config
+def test_launch_config_choices(rows, experts, fused, block_t):
+    from lynx_ops.kernels.configs import SPLIT_VARIANT, launch_config
 
     cfg = launch_config(rows, experts, 4)
-    assert (cfg.fused, cfg.block_t, cfg.variant) == (fused, block_t, variant)
+    assert (cfg.fused, cfg.block_t) == (fused, block_t)
+    assert cfg.variant == (0 if fused else SPLIT_VARIANT)
 
 
 @st.composite

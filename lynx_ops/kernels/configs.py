@@ -13,19 +13,21 @@ perf/results/kernel_sweep_h100.csv; qwen3-moe, qwen2-moe and qwen1.5-moe shapes)
 - the best split tile grows with the batch: 256 at E=128 T=32, 512 at T=128, 1024 at T>=256,
   i.e. about 32 blocks until the 1024-score tile; larger tiles were slower everywhere.
 
-Two refinements from the H200 sweeps (perf/results/kernel_sweep_h200_d534612.csv, Qwen3 shape;
+From the H200 sweeps (perf/results/kernel_sweep_h200_d534612.csv, Qwen3 shape;
 kernel_sweep_h200_0fa2eaf_dsv2lite_qwen15.csv, DeepSeek-V2-Lite E=64 k=6 and Qwen1.5 E=60 k=4;
-T = 1, 32, 256, median of 20 graph replays):
-- split launches pick with selection variant 1 (SPLIT_VARIANT): faster than variant 0 in 17 of
-  18 split cells at T = 32 and 256 (0.75-1.01x the time; T=256 split1024: Qwen3 24.6 against
-  28.0 us, Qwen1.5 15.8 against 17.9, DeepSeek-V2-Lite 16.4 against 17.1). The fused launch keeps
-  variant 0, faster at T=1 at its default warps on all three shapes (Qwen3 5.7 against 9.9 us);
-- from 256 padded rows on, 64-expert shapes take the 1024-score tile (LARGE_BATCH_ROWS) where the
-  32-block rule gave 512: Qwen1.5 T=256 17.9 against 23.9 us, DeepSeek-V2-Lite 17.1 against 22.0
-  (with variant 1, 15.8 and 16.4 us, against the old choice's 23.6 and 21.8). 128 experts and
-  more reached that tile already; under 64 experts it was not measured, so those keep the rule.
-  Only the bins kernel reads the variant; the policy kernels (kernels/policies.py) share the
-  tiling, and their split launches at 64 experts and T >= 256 were not swept.
+T = 1, 32, 256, median of 20 graph replays): from 256 padded rows on, 64-expert shapes take the
+1024-score tile (LARGE_BATCH_ROWS) where the 32-block rule gave 512: Qwen1.5 T=256 17.9 against
+23.9 us, DeepSeek-V2-Lite 17.1 against 22.0 (variant 1: 15.8 against 22.6, 16.4 against 19.6).
+128 experts and more reached that tile already; under 64 experts it was not measured, so those
+keep the rule. The policy kernels (kernels/policies.py) share the tiling; their split launches at
+64 experts and T >= 256 were not swept.
+
+Selection variant 1 (one key per pick) was faster than variant 0 on 17 of 18 split cells of those
+sweeps, but both sweeps ran a vote kernel that Triton compiled to up to 3.8x its PTX (the partials'
+loop after the block load, 0e6716e; fixed in kernels/remap.py), and variant 0's kernel had grown
+most. So split launches stay on variant 0 (SPLIT_VARIANT), whose fixed vote kernel compiles to
+as much PTX as 3a17772's timed one (perf/results/kernel_ptx_sm90_vote_regression.log), until a sweep of the fixed kernels compares the two (`perf/kernel_ptx.py`
+prints the sizes).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ FUSED_TILE = 1024
 SPLIT_TILE_MIN = 256
 SPLIT_TILE_MAX = 1024
 SPLIT_BLOCKS = 32
-SPLIT_VARIANT = 1
+SPLIT_VARIANT = 0
 LARGE_BATCH_ROWS = 256
 
 
@@ -49,8 +51,8 @@ class LaunchConfig:
     num_warps: int
     # How the k candidates of a row are picked (kernels/remap.py, _block_kept): 0 two keys with
     # two row reductions per pick; 1 one key (the histogram's rank) with one reduction per pick.
-    # Both are exact and tested; launch_config gives split launches 1 and fused ones 0 (the
-    # module's docstring has the H200 numbers). A third, one bitonic top-k (tl.topk) for all k
+    # Both are exact and tested; launch_config gives split launches SPLIT_VARIANT and fused ones
+    # 0 (the module's docstring says why). A third, one bitonic top-k (tl.topk) for all k
     # picks, was exact in the interpreter but not on the H200 (Triton 3.6: duplicate ids in 2 of
     # 12 family shapes at T=1, and no compile at k=1), so it was removed.
     variant: int = 0
