@@ -26,8 +26,9 @@ Selection variant 1 (one key per pick) was faster than variant 0 on 17 of 18 spl
 sweeps, but both sweeps ran a vote kernel that Triton compiled to up to 3.8x its PTX (the partials'
 loop after the block load, 0e6716e; fixed in kernels/remap.py), and variant 0's kernel had grown
 most. So split launches stay on variant 0 (SPLIT_VARIANT), whose fixed vote kernel compiles to
-as much PTX as 3a17772's timed one (perf/results/kernel_ptx_sm90_vote_regression.log), until a sweep of the fixed kernels compares the two (`perf/kernel_ptx.py`
-prints the sizes).
+as much PTX as 3a17772's timed one (`perf/kernel_ptx.py`;
+perf/results/kernel_ptx_sm90_vote_regression.log), until a sweep of the fixed kernels compares
+the two.
 """
 
 from __future__ import annotations

@@ -354,7 +354,7 @@ def _vote_kernel(
     """Launch 2 of 3: batch histogram, this block's votes, its kept set into kept[pid]."""
     # The partials' loop runs before the block is loaded: with it after the load (0e6716e to
     # 06c822b) Triton 3.6 emitted up to 3.8x the PTX for this kernel on sm_90 (Qwen3 T=256: 8123
-    # against 2130 instructions; perf/kernel_ptx.py), which fits the 15-25% slower split launches
+    # against 2130 instructions; perf/kernel_ptx.py), which fits the 17-32% slower split launches
     # the H200 timed since (docs/PERFORMANCE.md).
     hist = _sum_partials(hist_ptr, P, tl.arange(0, BLOCK_E), BLOCK_E, CHUNK, False)
     pid, rows, valid, cols, x, s, allowed, d, q, vanilla = _split_rows(
