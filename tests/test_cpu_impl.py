@@ -11,7 +11,7 @@ import torch
 
 import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
 from lynx_ops.reference import budget_ref, keep_ref, remap_ref
-from lynx_ops.routing import MAX_BETA, BatchScore, packed_keys_fit
+from lynx_ops.routing import MAX_BETA, BatchScore, WeightRule, packed_keys_fit
 from tests.helpers import FAMILY_SHAPES, Shape, make_batch, op_args, vanilla_routing
 
 
@@ -37,6 +37,21 @@ def _cases(shape: Shape):
         for seed in range(3):
             yield op_args(shape, *make_batch(shape, T, seed=seed, spread=1.2), n)
         yield op_args(shape, *_tied(shape, T, seed=T), n)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64], ids=str)
+def test_every_dtype_equals_the_reference(x_dtype, w_dtype, id_dtype):
+    """The rows' select runs in NumPy for the weight dtypes NumPy has and in torch for bfloat16:
+    each must give the reference's dtypes and values bit for bit, for every policy."""
+    shape = Shape(32, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0)
+    for T, n in ((16, 16), (9, 6)):
+        args = op_args(shape, *make_batch(shape, T, seed=T, spread=1.2, dtype=x_dtype,
+                                          id_dtype=id_dtype, w_dtype=w_dtype), n)  # fmt: skip
+        _equal(torch.ops.lynx.remap(*args), remap_ref(*args))
+        keep = (*args[:5], torch.tensor([2], dtype=torch.int32), *args[7:])
+        _equal(torch.ops.lynx.remap_keep(*keep), keep_ref(*keep))
 
 
 @pytest.mark.parametrize("shape", FAMILY_SHAPES)

@@ -24,6 +24,8 @@ the reference.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -59,6 +61,17 @@ def _largest(key: np.ndarray, k: int, rows: np.ndarray, ordered: bool = True) ->
     return part[rows, order]
 
 
+@functools.lru_cache(maxsize=256)
+def _indices(num_rows: int, num_experts: int):
+    """(row index [T], row index [T, 1] for fancy indexing, 1023 - expert index [E]: the lowest
+    bits of every key), read-only: built once per shape, as a decode step's shapes repeat."""
+    row_index = np.arange(num_rows)
+    out = (row_index, row_index[:, None], 1023 - np.arange(num_experts))
+    for array in out:
+        array.setflags(write=False)
+    return out
+
+
 class _Batch:
     """What every policy starts from (reference._prepare): float32 logits x (torch and NumPy),
     the valid-row mask, the vanilla mask, selection scores s (-inf outside the allowed experts)
@@ -69,8 +82,9 @@ class _Batch:
         k = topk_ids.shape[1]
         self.x_t = scores.float()
         self.x = self.x_t.detach().numpy()
-        n = int(num_valid.reshape(-1)[0])
-        self.valid = np.arange(num_rows) < n
+        n = int(num_valid.item())  # one element (the op checks it); item() is the cheap read
+        row_index, self.rows, self.low_index_first = _indices(num_rows, num_experts)
+        self.valid = row_index < n
         self.all_valid = n >= num_rows
         ids = topk_ids.detach().numpy().astype(np.int64, copy=False)
         if ids.size:  # the router's contract, checked where it is free (reference._prepare)
@@ -78,7 +92,6 @@ class _Batch:
             if low < 0 or high >= num_experts:
                 raise ValueError(f"lynx::remap: topk_ids must be in [0, E={num_experts}), got "
                                  f"values in [{low}, {high}]")  # fmt: skip
-        self.rows = np.arange(num_rows)[:, None]
         self.vanilla = np.zeros((num_rows, num_experts), dtype=bool)
         self.vanilla[self.rows, ids] = True
         if int(np.count_nonzero(self.vanilla)) != num_rows * k:  # a repeated id marks fewer
@@ -102,7 +115,6 @@ class _Batch:
         if self.allowed is not None:
             s = np.where(self.allowed, s, np.float32(-np.inf))
         self.s = s
-        self.low_index_first = 1023 - np.arange(num_experts)  # the lowest bits of every key
         self.tie = (self.vanilla.astype(np.int64) << 10) | self.low_index_first
         self._score_key: np.ndarray | None = None
 
@@ -152,17 +164,26 @@ def _finish(b: _Batch, kept, topk_weights, topk_ids, scoring, weight_rule, scale
     changed = (final != b.vanilla).any(axis=1)
     if not b.all_valid:
         changed &= b.valid
-    ids_t = torch.from_numpy(final_ids)
-    new_w = _final_weights(b.x_t.gather(1, ids_t), b.x_t, topk_weights, scoring, weight_rule, scale)
-    changed_t = torch.from_numpy(changed)[:, None]
-    out_w = torch.where(changed_t, new_w.to(topk_weights.dtype), topk_weights)
-    out_ids = torch.where(changed_t, ids_t.to(topk_ids.dtype), topk_ids)
+    # the logits of the final experts: a copy, so NumPy's gather equals torch's bit for bit
+    x_sel = torch.from_numpy(np.ascontiguousarray(b.x[b.rows, final_ids]))
+    new_w = _final_weights(x_sel, b.x_t, topk_weights, scoring, weight_rule, scale)
+    # Rows that did not change keep their vanilla routing. The select runs in NumPy (a torch.where
+    # costs about 10 us a call at these sizes, NumPy's 1-2) for every dtype NumPy has; bfloat16
+    # weights take torch's.
+    keep_rows = changed[:, None]
+    ids_np = topk_ids.detach().numpy()
+    out_ids = torch.from_numpy(np.where(keep_rows, final_ids.astype(ids_np.dtype), ids_np))
+    if topk_weights.dtype == torch.bfloat16:
+        out_w = torch.where(torch.from_numpy(keep_rows), new_w.to(topk_weights.dtype), topk_weights)
+    else:
+        w_np = topk_weights.detach().numpy()
+        out_w = torch.from_numpy(np.where(keep_rows, new_w.numpy().astype(w_np.dtype), w_np))
 
     before = b.only_valid(b.vanilla)
     used = b.only_valid(np.where(changed[:, None], final, b.vanilla))
     s_vanilla = np.where(b.vanilla, b.s, np.float32(-np.inf))
     top1 = s_vanilla == s_vanilla.max(axis=1, keepdims=True)
-    touched = torch.tensor(
+    touched = np.array(
         [
             np.count_nonzero(before.any(axis=0)),
             np.count_nonzero(used.any(axis=0)),
@@ -170,9 +191,9 @@ def _finish(b: _Batch, kept, topk_weights, topk_ids, scoring, weight_rule, scale
             np.count_nonzero(b.valid),
             np.count_nonzero(used > before),
         ],
-        dtype=torch.int32,
+        dtype=np.int32,
     )
-    return out_w.contiguous(), out_ids.contiguous(), touched
+    return out_w.contiguous(), out_ids.contiguous(), torch.from_numpy(touched)
 
 
 def remap_cpu(scores, topk_weights, topk_ids, num_valid, correction_bias, alpha, beta, scoring,
