@@ -19,6 +19,8 @@ spread, not dummy weights. The latency does not depend much on the values.
 `--sweep` times each launch shape (fused in one program; split in three launches at several block
 sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/configs.py were chosen,
 and each again with the selection variants of `--variants` (LaunchConfig.variant).
+`--baseline-kernels FILE` adds another revision's kernels at the launch the op picks (`auto_baseline`
+beside `auto`), so a change to the kernels is timed against the old ones on one machine in one run.
 """
 
 from __future__ import annotations
@@ -59,12 +61,25 @@ def _eager_time_us(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _baseline_launcher(path: str):
+    """`remap_triton` of another revision's lynx_ops/kernels/remap.py (`git show
+    REV:lynx_ops/kernels/remap.py > FILE`), which imports today's launch configs: so the sweep's
+    `auto_baseline` column is the old kernels at today's launch choice, timed in the same run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lynx_remap_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.remap_triton
+
+
 def _sweep(args, prov) -> list[dict]:
     import triton
 
     from lynx_ops.kernels.configs import fused_config, launch_config, split_config
     from lynx_ops.kernels.remap import remap_triton
 
+    baseline = _baseline_launcher(args.baseline_kernels) if args.baseline_kernels else None
     rows = []
     for name, shape in SHAPES.items():
         if args.shapes and not any(name.startswith(s) for s in args.shapes):
@@ -83,18 +98,27 @@ def _sweep(args, prov) -> list[dict]:
                     if warps != fused.num_warps:
                         configs[f"fused_w{warps}"] = dataclasses.replace(fused, num_warps=warps)
             configs["auto"] = launch_config(T, shape.E, shape.k)
+            launchers = {label: remap_triton for label in configs}
+            if baseline is not None:  # another revision's kernels at today's launch choice
+                configs["auto_baseline"], launchers["auto_baseline"] = configs["auto"], baseline
+                got = [t.cpu() for t in remap_triton(*a, config=configs["auto"])]
+                want = [t.cpu() for t in baseline(*a, config=configs["auto"])]
+                assert all(torch.equal(g, h) for g, h in zip(got, want, strict=True)), (
+                    f"the baseline kernels disagree with today's on {name} T={T}"
+                )
             # the selection variant (LaunchConfig.variant: 1 one-key picks) on
             # every launch shape above, the default's beside them
             for label, cfg in list(configs.items()):
-                if label != "auto":
+                if label not in ("auto", "auto_baseline"):
                     for variant in args.variants:
                         configs[f"{label}_v{variant}"] = dataclasses.replace(cfg, variant=variant)
+                        launchers[f"{label}_v{variant}"] = remap_triton
             times = {}
             for label, cfg in configs.items():
                 times[label] = _graph_time_us(
-                    lambda a=a, cfg=cfg: remap_triton(*a, config=cfg), args.repeats
+                    lambda a=a, cfg=cfg, run=launchers[label]: run(*a, config=cfg), args.repeats
                 )  # fmt: skip
-            best = min((lbl for lbl in times if lbl != "auto"), key=times.get)
+            best = min((lbl for lbl in times if not lbl.startswith("auto")), key=times.get)
             rows.append(
                 {
                     "shape": name,
@@ -134,6 +158,8 @@ def main() -> None:
                     help="selection variants the sweep times beside the default (configs.py)")  # fmt: skip
     ap.add_argument("--shapes", nargs="*", default=[], help="only shapes whose name starts so")
     ap.add_argument("--policy", choices=["bins", "budget", "keep_k0"], default="bins")
+    ap.add_argument("--baseline-kernels", help="with --sweep: another revision's kernels/remap.py, "
+                    "timed at today's launch choice beside today's (column auto_baseline)")  # fmt: skip
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
     prov = provenance()

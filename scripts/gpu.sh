@@ -25,7 +25,9 @@
 #   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
 #                   (default bins; also budget, keep_k0), each cut at LYNX_KERNEL_TIMEOUT s (300)
 #   kernel-sweep    perf/bench_kernel.py --sweep: every launch shape and selection variant
-#                   (LYNX_SWEEP_SHAPES: name prefixes; LYNX_SWEEP_BATCHES, default 1 8 32 64 256)
+#                   (LYNX_SWEEP_SHAPES: name prefixes; LYNX_SWEEP_BATCHES, default 1 8 32 64 256;
+#                   LYNX_SWEEP_BASELINE: another revision's kernels/remap.py, timed beside, e.g.
+#                   .cache/remap_REV.py from `git show REV:lynx_ops/kernels/remap.py`, carried)
 #   cuda-tests      pytest -m cuda (the op's CUDA tier; LYNX_CUDA_TESTS picks files, default tests;
 #                   LYNX_CUDA_WORKERS pytest-xdist workers, default 8)
 #   vllm-gpu-tests  pytest tests/vllm_gpu -m vllm_gpu (the plugin in real vLLM on the GPU; the
@@ -110,7 +112,8 @@ stage() {
         timeout "${LYNX_KERNEL_TIMEOUT:-300}" python3 perf/bench_kernel.py --policy "$pol" \
           --out "$dir/kernel_latency_$pol.csv"; done ;;  # bounded: an untimed kernel can be slow
     kernel-sweep) mkdir -p "$dir" && python3 perf/bench_kernel.py --sweep \
-        ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --batches ${LYNX_SWEEP_BATCHES:-1 8 32 64 256} --out "$dir/kernel_sweep.csv" ;;
+        ${LYNX_SWEEP_SHAPES:+--shapes $LYNX_SWEEP_SHAPES} --batches ${LYNX_SWEEP_BATCHES:-1 8 32 64 256} \
+        ${LYNX_SWEEP_BASELINE:+--baseline-kernels $LYNX_SWEEP_BASELINE} --out "$dir/kernel_sweep.csv" ;;
     cuda-tests) mkdir -p "$dir" && python3 -m pytest ${LYNX_CUDA_TESTS:-tests} -m cuda -v --tb=short -rfE \
         -p no:cacheprovider -n "${LYNX_CUDA_WORKERS:-8}" ;;  # -v: a cut run still names its failures;
         # -n: pytest-xdist workers, since the tier's time is mostly Triton compiling on the CPU

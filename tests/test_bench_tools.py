@@ -573,3 +573,26 @@ def test_online_reuse_takes_stock_servers_and_their_slos_from_the_same_workload(
     with pytest.raises(SystemExit, match="different workload"):
         _load_reuse(str(earlier), _workload(spec(), args, [*serve, "--max-num-seqs=64"]),
                     "family default", spec())  # fmt: skip
+
+
+def test_kernel_sweep_loads_another_revisions_kernels(tmp_path):
+    """perf/bench_kernel.py --baseline-kernels: a copy of kernels/remap.py loads as its own module
+    (Triton reads the kernels' source from that file) and runs at today's launch choice."""
+    import shutil
+
+    import torch
+
+    from lynx_ops.kernels import remap
+    from lynx_ops.kernels.configs import launch_config
+    from perf.bench_kernel import _baseline_launcher
+    from tests.helpers import Shape, make_batch, op_args
+
+    copy = tmp_path / "remap_copy.py"
+    shutil.copy(remap.__file__, copy)
+    baseline = _baseline_launcher(str(copy))
+    assert baseline is not remap.remap_triton and baseline.__module__ == "lynx_remap_baseline"
+    shape = Shape(32, 4)
+    args = op_args(shape, *make_batch(shape, 20, seed=5), 17)
+    cfg = launch_config(20, shape.E, shape.k)
+    got, want = baseline(*args, config=cfg), remap.remap_triton(*args, config=cfg)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
