@@ -34,11 +34,17 @@ def test_wait_on_a_machine_where_start_never_ran_says_cold_at_once(tmp_path):
     assert took < 30
 
 
-def test_wait_returns_when_the_chain_is_done(tmp_path):
+def _started(tmp_path: Path, stages: str) -> Path:
+    """The results folder of a machine where `start` ran (gpu.txt) with these stage lines."""
     res = tmp_path / "res"
     res.mkdir()
     (res / "gpu.txt").write_text("NVIDIA H200, 580, 143771 MiB\n")
-    (res / "stages").write_text("13:09:25 kernel start\n13:10:00 all done\n")
+    (res / "stages").write_text(stages)
+    return res
+
+
+def test_wait_returns_when_the_chain_is_done(tmp_path):
+    res = _started(tmp_path, "13:09:25 kernel start\n13:10:00 all done\n")
     done, took = _wait(res, 600, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all done" in done.stdout
@@ -46,10 +52,7 @@ def test_wait_returns_when_the_chain_is_done(tmp_path):
 
 
 def test_wait_waits_while_a_chain_runs(tmp_path):
-    res = tmp_path / "res"
-    res.mkdir()
-    (res / "gpu.txt").write_text("NVIDIA H200, 580, 143771 MiB\n")
-    (res / "stages").write_text("13:09:25 kernel start\n")
+    res = _started(tmp_path, "13:09:25 kernel start\n")
     done, took = _wait(res, 1, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert took >= 1 and "all done" not in done.stdout
