@@ -170,14 +170,14 @@ def _finish(b: _Batch, kept, topk_weights, topk_ids, scoring, weight_rule, scale
     # Rows that did not change keep their vanilla routing. The select runs in NumPy (a torch.where
     # costs about 10 us a call at these sizes, NumPy's 1-2) for every dtype NumPy has; bfloat16
     # weights take torch's.
-    keep_rows = changed[:, None]
+    take_new = changed[:, None]
     ids_np = topk_ids.detach().numpy()
-    out_ids = torch.from_numpy(np.where(keep_rows, final_ids.astype(ids_np.dtype), ids_np))
+    out_ids = torch.from_numpy(np.where(take_new, final_ids.astype(ids_np.dtype), ids_np))
     if topk_weights.dtype == torch.bfloat16:
-        out_w = torch.where(torch.from_numpy(keep_rows), new_w.to(topk_weights.dtype), topk_weights)
+        out_w = torch.where(torch.from_numpy(take_new), new_w.to(topk_weights.dtype), topk_weights)
     else:
         w_np = topk_weights.detach().numpy()
-        out_w = torch.from_numpy(np.where(keep_rows, new_w.numpy().astype(w_np.dtype), w_np))
+        out_w = torch.from_numpy(np.where(take_new, new_w.numpy().astype(w_np.dtype), w_np))
 
     before = b.only_valid(b.vanilla)
     used = b.only_valid(np.where(changed[:, None], final, b.vanilla))
