@@ -57,6 +57,11 @@ FAMILY_SHAPES = [
 ]
 
 
+def family_shape(name: str) -> Shape:
+    """The FAMILY_SHAPES entry of that id (e.g. "qwen1.5-moe-a2.7b")."""
+    return next(p.values[0] for p in FAMILY_SHAPES if p.id == name)
+
+
 def vanilla_routing(x: torch.Tensor, shape: Shape, bias: torch.Tensor | None = None):
     """What the family's router returns: (topk_weights fp32, topk_ids int64), written here
     independently of lynx_ops (grouped top-k as vLLM does it: best groups, then top-k inside)."""

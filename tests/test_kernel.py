@@ -22,6 +22,7 @@ from tests.helpers import (
     PATHS,
     Shape,
     clean_args,
+    family_shape,
     make_batch,
     near_bin_edge,
     op_args,
@@ -83,7 +84,7 @@ def test_permuted_inputs(device):
     )
 
 
-QWEN15 = Shape(60, 4, rule=WeightRule.PRESERVE_MASS, alpha=3.0, beta=4)
+QWEN15 = family_shape("qwen1.5-moe-a2.7b")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -240,7 +241,7 @@ def test_non_finite_rows_keep_vanilla_routing(device, path, shape):
     assert set(ids[bad].flatten().tolist()) <= set(got[1].cpu().flatten().tolist())
 
 
-DEEPSEEK_V3 = next(p.values[0] for p in FAMILY_SHAPES if p.id == "deepseek-v3")
+DEEPSEEK_V3 = family_shape("deepseek-v3")
 
 
 @pytest.mark.parametrize("device", DEVICES)

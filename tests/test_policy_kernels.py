@@ -18,6 +18,7 @@ from tests.helpers import (
     DEVICES,
     FAMILY_SHAPES,
     Shape,
+    family_shape,
     make_batch,
     near_bin_edge,
     op_args,
@@ -122,7 +123,7 @@ def test_policies_on_a_large_batch_over_many_blocks(device, path, family, T, n):
     the large-batch 1024-score tile of kernels/configs.py (auto). Both policies."""
     from lynx_ops.kernels.policies import budget_triton, keep_triton
 
-    shape = next(p.values[0] for p in FAMILY_SHAPES if p.id == family)
+    shape = family_shape(family)
     base = _batch(shape, T, n, 0)
     keep = (*base, torch.tensor([4]), int(shape.scoring), int(shape.rule), shape.scale,
             shape.groups)  # fmt: skip
