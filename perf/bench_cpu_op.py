@@ -19,18 +19,21 @@ do not. The outputs of the two must be equal.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
-from lynx_ops.bench.provenance import provenance, write_csv
-from lynx_ops.kernels import cpu as cpu_impl
-from lynx_ops.reference import remap_ref
-from lynx_ops.routing import Scoring, WeightRule
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lynx_ops  # noqa: E402,F401  (registers torch.ops.lynx)
+from lynx_ops.bench.provenance import provenance, write_csv  # noqa: E402
+from lynx_ops.kernels import cpu as cpu_impl  # noqa: E402
+from lynx_ops.reference import remap_ref  # noqa: E402
+from lynx_ops.routing import Scoring, WeightRule  # noqa: E402
+from perf.baseline import load_file_module  # noqa: E402
 
 SHAPES = {"embedded (E32 k4)": (32, 4, 2), "qwen3-moe (E128 k8)": (128, 8, 2)}
 
@@ -44,13 +47,6 @@ def _median_us(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
-
-
-def _load_baseline(path: str):
-    spec = importlib.util.spec_from_file_location("lynx_cpu_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _side_by_side(now, then, call, repeats: int, block: int = 20) -> tuple[float, float]:
@@ -75,7 +71,7 @@ def main() -> None:
     ap.add_argument("--out", default="perf/results/cpu_op_latency.csv")
     ap.add_argument("--baseline", help="another revision's lynx_ops/kernels/cpu.py to time beside")
     args = ap.parse_args()
-    baseline = _load_baseline(args.baseline) if args.baseline else None
+    baseline = load_file_module(args.baseline, "lynx_cpu_baseline") if args.baseline else None
     torch.set_num_threads(args.threads)
     torch.inference_mode().__enter__()  # as vLLM runs the forward: no autograd bookkeeping
     prov = provenance()

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lynx_ops  # noqa: E402
 from lynx_ops.reference import budget_ref, keep_ref, remap_ref  # noqa: E402
+from perf.baseline import load_file_module  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
 from perf.timing import graph_time_us as _graph_time_us  # noqa: E402
 from tests.helpers import FAMILY_SHAPES, Shape, make_batch, op_args  # noqa: E402
@@ -65,12 +66,7 @@ def _baseline_launcher(path: str):
     """`remap_triton` of another revision's lynx_ops/kernels/remap.py (`git show
     REV:lynx_ops/kernels/remap.py > FILE`), which imports today's launch configs: so the sweep's
     `auto_baseline` column is the old kernels at today's launch choice, timed in the same run."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lynx_remap_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.remap_triton
+    return load_file_module(path, "lynx_remap_baseline").remap_triton
 
 
 def _sweep(args, prov) -> list[dict]:

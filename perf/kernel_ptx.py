@@ -22,13 +22,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Argument name -> type; the kernels' scalar arguments not named here are i32.
+# Argument name -> type, for the bins and the policy kernels; pointers to partial buffers by their
+# element type; the kernels' scalar arguments not named here are i32.
 _TYPES = {
     "x_ptr": "*bf16", "w_ptr": "*fp32", "id_ptr": "*i32", "n_ptr": "*i32", "bias_ptr": "*fp32",
     "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "counter_ptr": "*i32",
     "top1_ptr": "*i32", "moved_ptr": "*i32", "hist_ptr": "*i64", "kept_ptr": "*i8",
     "before_ptr": "*i8", "after_ptr": "*i8", "alpha": "fp32", "scale": "fp32",
+    "budget_ptr": "*i32", "fraction_ptr": "*fp64", "parts_ptr": "*i64", "k0_ptr": "*i32",
 }  # fmt: skip
+
+
+def compile_sm90(kernel, const: dict, num_warps: int):
+    """`kernel` compiled for sm_90 by Triton's own compiler, with the constexprs of `const` that it
+    takes (tests/test_kernel_compiles.py checks every kernel compiles with it)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    sig = {n: "constexpr" if n in const else _TYPES.get(n, "i32") for n in names}
+    src = ASTSource(fn=kernel, signature=sig,
+                    constexprs={(names.index(n),): v for n, v in const.items() if n in names})  # fmt: skip
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
 def _ptx_size(ptx: str) -> int:
@@ -56,8 +72,6 @@ def main() -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("kernel_ptx.py compiles the kernels: run it without TRITON_INTERPRET=1")
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from lynx_ops.kernels import remap
     from lynx_ops.kernels.configs import launch_config
@@ -82,13 +96,7 @@ def main() -> None:
                          BLOCK_K=triton.next_power_of_2(shape.k), CHUNK=8,
                          VARIANT=cfg.variant)  # fmt: skip
             for kernel in kernels:
-                names = kernel.arg_names
-                sig = {n: "constexpr" if n in const else _TYPES.get(n, "i32") for n in names}
-                src = ASTSource(fn=kernel, signature=sig, constexprs={
-                    (names.index(n),): v for n, v in const.items() if n in names})  # fmt: skip
-                compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                          options={"num_warps": cfg.num_warps})  # fmt: skip
-                ptx = compiled.asm["ptx"]
+                ptx = compile_sm90(kernel, const, cfg.num_warps).asm["ptx"]
                 print(f"{name:28s} T={T:4d} {'fused' if cfg.fused else 'split'} "
                       f"block_t={cfg.block_t:3d} warps={cfg.num_warps} v{cfg.variant} "
                       f"{kernel.fn.__name__:14s} ptx {_ptx_size(ptx):5d}  {_ptxas_report(ptx)}",

@@ -17,17 +17,9 @@ import pytest
 
 _SCRIPT = r"""
 import sys, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from lynx_ops.kernels import policies, remap
+from perf.kernel_ptx import compile_sm90  # the argument types of every kernel, and the compile
 scoring, rule, grouped, k, block_e, variant = (int(v) for v in sys.argv[1:])
-types = {  # argument name -> type; pointers to partial buffers by their element type
-    "x_ptr": "*bf16", "w_ptr": "*fp32", "id_ptr": "*i32", "n_ptr": "*i32", "bias_ptr": "*fp32",
-    "out_w_ptr": "*fp32", "out_id_ptr": "*i32", "touched_ptr": "*i32", "counter_ptr": "*i32", "top1_ptr": "*i32", "moved_ptr": "*i32",
-    "hist_ptr": "*i64", "kept_ptr": "*i8", "before_ptr": "*i8", "after_ptr": "*i8",
-    "alpha": "fp32", "scale": "fp32",
-    "budget_ptr": "*i32", "fraction_ptr": "*fp64", "parts_ptr": "*i64", "k0_ptr": "*i32",
-}
 const = dict(K=k, BETA=2, SCORING=scoring, RULE=rule, GROUPED=bool(grouped), EPS=1e-6,
              BLOCK_T=16, BLOCK_E=block_e, BLOCK_K=triton.next_power_of_2(k), CHUNK=8, VARIANT=variant,
              HIST=bool(rule != 1), SCORE_BITS=38 if rule != 1 else 12)
@@ -37,11 +29,7 @@ kernels = (remap._fused_kernel, remap._hist_kernel, remap._vote_kernel, remap._f
 if variant:  # only the bins kernels read the selection variant
     kernels = kernels[:4]
 for kernel in kernels:
-    names = kernel.arg_names
-    sig = {n: "constexpr" if n in const else types.get(n, "i32") for n in names}
-    src = ASTSource(fn=kernel, signature=sig,
-                    constexprs={(names.index(n),): v for n, v in const.items() if n in names})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    compiled = compile_sm90(kernel, const, num_warps=4)
     assert compiled.asm.get("cubin"), f"no cubin for {kernel.fn.__name__}"
 print("ok")
 """
