@@ -86,7 +86,8 @@ class _Batch:
         row_index, self.rows, self.low_index_first = _indices(num_rows, num_experts)
         self.valid = row_index < n
         self.all_valid = n >= num_rows
-        ids = topk_ids.detach().numpy().astype(np.int64, copy=False)
+        self.ids = topk_ids.detach().numpy()  # the router's ids in their own dtype
+        ids = self.ids.astype(np.int64, copy=False)
         if ids.size:  # the router's contract, checked where it is free (reference._prepare)
             low, high = int(ids.min()), int(ids.max())
             if low < 0 or high >= num_experts:
@@ -171,8 +172,7 @@ def _finish(b: _Batch, kept, topk_weights, topk_ids, scoring, weight_rule, scale
     # costs about 10 us a call at these sizes, NumPy's 1-2) for every dtype NumPy has; bfloat16
     # weights take torch's.
     take_new = changed[:, None]
-    ids_np = topk_ids.detach().numpy()
-    out_ids = torch.from_numpy(np.where(take_new, final_ids.astype(ids_np.dtype), ids_np))
+    out_ids = torch.from_numpy(np.where(take_new, final_ids.astype(b.ids.dtype), b.ids))
     if topk_weights.dtype == torch.bfloat16:
         out_w = torch.where(torch.from_numpy(take_new), new_w.to(topk_weights.dtype), topk_weights)
     else:
