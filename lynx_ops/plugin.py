@@ -102,6 +102,10 @@ def _share_vllm_logging() -> None:
         logger.propagate = False
 
 
+def _runtime_only() -> str:
+    return "read at run time, not a compile factor"
+
+
 def _register_env_names() -> None:
     """Tell vLLM about our variables: no unknown-variable warning, and they enter the compile-cache
     key (the CPU backend traces the policy into the compiled graph), so a cached stock graph is
@@ -122,7 +126,14 @@ def _register_env_names() -> None:
         except OSError:
             return path
 
-    vllm_envs.environment_variables.setdefault(
-        "VLLM_LYNX_ENABLED", lambda: f"{envs.VLLM_LYNX_ENABLED} lynx_ops {__version__}"
-    )
-    vllm_envs.environment_variables.setdefault("VLLM_LYNX_CONFIG_FILE", config_file_factor)
+    # What changes the traced graph enters the key with its value; settings read only at run
+    # time (log and metrics intervals, the controller's file: the controller moves a device
+    # scalar, not the graph) are registered with a constant, so that changing them does not
+    # recompile. Every name is registered: vLLM warns about any unknown VLLM_* variable.
+    factors = {
+        "VLLM_LYNX_ENABLED": lambda: f"{envs.VLLM_LYNX_ENABLED} lynx_ops {__version__}",
+        "VLLM_LYNX_CONFIG_FILE": config_file_factor,
+        "VLLM_LYNX_CEILING_EXPERTS": lambda: envs.VLLM_LYNX_CEILING_EXPERTS,
+    }
+    for name in envs.ENVIRONMENT_VARIABLES:
+        vllm_envs.environment_variables.setdefault(name, factors.get(name, _runtime_only))

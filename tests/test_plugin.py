@@ -49,6 +49,29 @@ def test_enabled_plugin_is_reentrant_and_registers_runner_and_env_names():
     assert proc.stdout.strip().splitlines()[-1] == "LynxMoERunner True"
 
 
+def test_every_variable_is_known_to_vllm_and_only_graph_changing_ones_key_the_compile_cache():
+    # vLLM's own check, made fatal: an unregistered VLLM_LYNX_* name would raise here.
+    code = (
+        "import sys, vllm.envs as e; from lynx_ops.plugin import register; register();"
+        "e.validate_environ(hard_fail=True); f = e.compile_factors();"
+        "print(repr({k: v for k, v in f.items() if k.startswith('VLLM_LYNX')}))"
+    )
+    common = dict(VLLM_LYNX_ENABLED="1", VLLM_LYNX_CONTROLLER_FILE="/nonexistent.json")
+
+    def factors(**env) -> str:
+        proc = _python(code, **common, **env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip().splitlines()[-1]
+
+    base = factors(VLLM_LYNX_LOG_INTERVAL="5", VLLM_LYNX_METRICS_INTERVAL="5")
+    for name in ("VLLM_LYNX_LOG_INTERVAL", "VLLM_LYNX_METRICS_INTERVAL", "VLLM_LYNX_CEILING_EXPERTS",
+                 "VLLM_LYNX_CONTROLLER_FILE", "VLLM_LYNX_CONFIG_FILE", "VLLM_LYNX_ENABLED"):  # fmt: skip
+        assert name in base
+    assert factors(VLLM_LYNX_LOG_INTERVAL="30", VLLM_LYNX_METRICS_INTERVAL="0") == base
+    assert factors(VLLM_LYNX_LOG_INTERVAL="5", VLLM_LYNX_METRICS_INTERVAL="5",
+                   VLLM_LYNX_CEILING_EXPERTS="16") != base  # fmt: skip
+
+
 def test_bad_policy_file_fails_at_register(tmp_path):
     bad = tmp_path / "policy.json"
     bad.write_text('{"policies": [{"model_type": "qwen3_moe", "alpha": -1}]}')
