@@ -43,6 +43,16 @@ def test_online_plot_has_both_curves(tmp_path):
         assert (pixels == colour).all(-1).sum() > 50
 
 
+def test_plot_titles_wrap_the_router_description():
+    # The calibrated preset's description is ~95 characters: one line of it ran off the figure.
+    router = ("router preset calibrated: dummy weights, gates re-drawn to logit spread 1.2, "
+              "expert skew 0.1")  # fmt: skip
+    lines = plot._title("vllm bench serve: throughput vs TPOT", router).split("\n")
+    assert lines[0] == "vllm bench serve: throughput vs TPOT"
+    assert len(lines) == 3 and all(len(line) <= 80 for line in lines)
+    assert " ".join(lines[1:]) == router
+
+
 def test_ceiling_interpolates_between_measured_expert_counts():
     ceiling = {32: {8: 10.0}, 64: {8: 14.0}}
     assert _ceiling_at(ceiling, 8, 48.0) == pytest.approx(12.0)

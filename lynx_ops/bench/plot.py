@@ -4,6 +4,7 @@ the CPU tier installs it from requirements/test.txt)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 
@@ -16,6 +17,11 @@ def _pyplot():
     return plt
 
 
+def _title(head: str, router: str) -> str:
+    """The router's description is long: wrapped, so the figure does not cut it off."""
+    return "\n".join([head, *textwrap.wrap(router, 80)])
+
+
 def line_chart(path: Path, title: str, xlabel: str, ylabel: str, xs: list,
                series: dict[str, list[float | None]]) -> Path:  # fmt: skip
     """One line per series over categorical x (equally spaced, labelled with xs); None = gap."""
@@ -25,7 +31,8 @@ def line_chart(path: Path, title: str, xlabel: str, ylabel: str, xs: list,
     for label, ys in series.items():
         ax.plot(pos, [float("nan") if y is None else y for y in ys], marker="o", label=label)
     ax.set_xticks(pos, [str(x) for x in xs])
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -50,7 +57,7 @@ def plot_offline(
     return [
         line_chart(
             out_dir / "tpot_vs_batch.png",
-            f"time per output token vs batch\n{router}",
+            _title("time per output token vs batch", router),
             "batch size",
             "ms",
             batches,
@@ -58,7 +65,7 @@ def plot_offline(
         ),  # fmt: skip
         line_chart(
             out_dir / "experts_vs_batch.png",
-            f"distinct experts per MoE layer\n{router}",
+            _title("distinct experts per MoE layer", router),
             "batch size",
             "experts",
             batches,
@@ -90,8 +97,8 @@ def plot_online(agg: list[dict], slos: list[float], out_dir: Path, router: str) 
         ax.axvline(slo, color="grey", linestyle="--", linewidth=0.8)
         ax.annotate(f"SLO {slo:.1f} ms", (slo, 0), fontsize=7, rotation=90,
                     textcoords="offset points", xytext=(2, 4))  # fmt: skip
-    ax.set(title=f"vllm bench serve: throughput vs TPOT\n{router}", xlabel="median TPOT (ms)",
-           ylabel="output tokens/s")  # fmt: skip
+    ax.set_title(_title("vllm bench serve: throughput vs TPOT", router), fontsize=10)
+    ax.set(xlabel="median TPOT (ms)", ylabel="output tokens/s")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
