@@ -14,7 +14,9 @@ spread, not dummy weights. The latency does not depend much on the values.
     python perf/bench_kernel.py --sweep --out perf/results/kernel_sweep_h100.csv
 
 `--policy budget` / `--policy keep_k0` time `lynx::remap_budget` (K = E/4, count score) and
-`lynx::remap_keep` (k0 = k/2) instead, with their references beside them.
+`lynx::remap_keep` (k0 = k/2, or `--k0`) instead, with their references beside them. Beside the
+op, `with_counters` times it with the per-layer counter update the plugin adds (ExpertStats.record):
+what one covered MoE layer costs a captured decode step. `--shapes` picks shapes by prefix.
 
 `--sweep` times each launch shape (fused in one program; split in three launches at several block
 sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/configs.py were chosen,
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lynx_ops  # noqa: E402
 from lynx_ops.reference import budget_ref, keep_ref, remap_ref  # noqa: E402
+from lynx_ops.stats import ExpertStats  # noqa: E402
 from perf.baseline import load_file_module  # noqa: E402
 from perf.provenance import provenance, write_csv  # noqa: E402
 from perf.timing import graph_time_us as _graph_time_us  # noqa: E402
@@ -132,15 +135,17 @@ def _sweep(args, prov) -> list[dict]:
     return rows
 
 
-def _policy_call(policy: str, shape: Shape, a: tuple):
-    """(op, reference, arguments) for one policy on remap's arguments `a`."""
+def _policy_call(policy: str, shape: Shape, a: tuple, k0: int | None = None):
+    """(op, reference, arguments) for one policy on remap's arguments `a`; keep_k0 keeps `k0`
+    (default k/2; k0 >= k is the identity setting the TPOT controller's top rung runs)."""
     if policy == "bins":
         return torch.ops.lynx.remap, remap_ref, a
     head, tail = a[:5], a[7:]  # tensors ... bias | scoring, rule, scale, groups
     if policy == "budget":
         k_t = torch.full((1,), max(1, shape.E // 4), dtype=torch.int32, device=a[0].device)
         return torch.ops.lynx.remap_budget, budget_ref, (*head, k_t, 1.0, 0, *a[5:7], *tail)
-    k0_t = torch.full((1,), max(1, shape.k // 2), dtype=torch.int32, device=a[0].device)
+    keep = max(1, shape.k // 2) if k0 is None else min(k0, shape.k)
+    k0_t = torch.full((1,), keep, dtype=torch.int32, device=a[0].device)
     return torch.ops.lynx.remap_keep, keep_ref, (*head, k0_t, *tail)
 
 
@@ -154,6 +159,8 @@ def main() -> None:
                     help="selection variants the sweep times beside the default (configs.py)")  # fmt: skip
     ap.add_argument("--shapes", nargs="*", default=[], help="only shapes whose name starts so")
     ap.add_argument("--policy", choices=["bins", "budget", "keep_k0"], default="bins")
+    ap.add_argument("--k0", type=int, help="keep_k0: experts each row keeps (default k/2; a value "
+                    ">= k times the identity setting at each shape's k)")  # fmt: skip
     ap.add_argument("--baseline-kernels", help="with --sweep: another revision's kernels/remap.py, "
                     "timed at today's launch choice beside today's (column auto_baseline)")  # fmt: skip
     args = ap.parse_args()
@@ -163,31 +170,45 @@ def main() -> None:
         write_csv(args.out, _sweep(args, prov))
         print(f"wrote {args.out}")
         return
+    if args.k0 is not None and args.policy != "keep_k0":
+        ap.error("--k0 is a keep_k0 setting: add --policy keep_k0")
     rows = []
-    for name, shape in SHAPES.items():
+    shapes = {n: s for n, s in SHAPES.items()
+              if not args.shapes or any(n.startswith(p) for p in args.shapes)}  # fmt: skip
+    for name, shape in shapes.items():
         for T in args.batches:
             x, w, ids, bias = (a.cuda() if a is not None else None
                                for a in make_batch(shape, T, seed=T))  # fmt: skip
-            op, ref, a = _policy_call(args.policy, shape, op_args(shape, x, w, ids, bias, T))
+            op, ref, a = _policy_call(args.policy, shape, op_args(shape, x, w, ids, bias, T),
+                                      args.k0)  # fmt: skip
             op_us = _graph_time_us(lambda a=a, op=op: op(*a), args.repeats)
+            # What a covered MoE layer adds to a captured decode step: the op and the layer's
+            # counter update (integration/layers.route -> ExpertStats.record), in one graph.
+            stats = ExpertStats(1, x.device)
+            layer_us = _graph_time_us(
+                lambda a=a, op=op, stats=stats: stats.record(0, op(*a)[2]), args.repeats
+            )  # fmt: skip
             ref_us = _graph_time_us(lambda a=a, ref=ref: ref(*a), max(5, args.repeats // 5))
             eager_us = _eager_time_us(lambda a=a, op=op: op(*a), args.repeats)
             before, after = op(*a)[2].tolist()[:2]
             rows.append({
                 "shape": name, "policy": args.policy, "E": shape.E, "k": shape.k, "T": T,
+                "k0": a[5].item() if args.policy == "keep_k0" else "",
                 "triton_graph_us_median": round(op_us, 2),
+                "with_counters_graph_us_median": round(layer_us, 2),
                 "reference_graph_us_median": round(ref_us, 2),
                 "triton_eager_call_us_median": round(eager_us, 2),
                 "experts_before": before, "experts_after": after,
                 "router": "gaussian std 2 + per-expert skew std 1 (synthetic)",
                 **prov,
             })  # fmt: skip
-            print(f"{name:32s} T={T:4d} triton {op_us:7.2f} us  reference {ref_us:8.2f} us  "
+            print(f"{name:32s} T={T:4d} triton {op_us:7.2f} us  with counters {layer_us:7.2f} us  "
+                  f"reference {ref_us:8.2f} us  "
                   f"eager call {eager_us:7.2f} us  experts {before}->{after}", flush=True)  # fmt: skip
     write_csv(args.out, rows)
     print(f"\nwrote {args.out}")
     print(f"\n{'shape':32s} " + " ".join(f"T={t:<6d}" for t in args.batches) + "  (triton us)")
-    for name in SHAPES:
+    for name in shapes:
         vals = [r["triton_graph_us_median"] for r in rows if r["shape"] == name]
         print(f"{name:32s} " + " ".join(f"{v:<8.2f}" for v in vals))
     print(f"lynx_ops {lynx_ops.__version__} on {prov['gpu']}")

@@ -606,3 +606,32 @@ def test_kernel_sweep_loads_another_revisions_kernels(tmp_path):
     cfg = launch_config(20, shape.E, shape.k)
     got, want = baseline(*args, config=cfg), remap.remap_triton(*args, config=cfg)
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def test_kernel_bench_keep_setting_and_counter_update():
+    """perf/bench_kernel.py --policy keep_k0 --k0 N: k0 clamps to k, and at k0 = k (the TPOT
+    controller's top rung) the op leaves every row's routing as the router chose it, so the
+    identity setting is timed, not some other one. The with-counters column records as the
+    plugin does."""
+    import torch
+
+    from lynx_ops.stats import ExpertStats
+    from perf.bench_kernel import _policy_call
+    from tests.helpers import Shape, make_batch, op_args
+
+    shape = Shape(32, 4)
+    x, w, ids, bias = make_batch(shape, 12, seed=3)
+    a = op_args(shape, x, w, ids, bias, 12)
+    op, _, keep_all = _policy_call("keep_k0", shape, a, k0=99)
+    assert keep_all[5].item() == shape.k
+    out_w, out_ids, touched = op(*keep_all)
+    assert torch.equal(out_ids, ids) and torch.equal(out_w, w)
+    assert touched[0] == touched[1]  # distinct experts before == after
+    _, _, half = _policy_call("keep_k0", shape, a)
+    assert half[5].item() == shape.k // 2
+    assert op(*half)[2][1] < touched[1]  # k/2 does move rows onto fewer experts
+    stats = ExpertStats(1, "cpu")
+    stats.record(0, touched)
+    stats.record(0, touched)
+    layer = stats.snapshot()[0]
+    assert layer.calls == 2 and layer.experts_before == 2 * int(touched[0])
