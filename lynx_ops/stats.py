@@ -52,8 +52,17 @@ class ExpertStats:
         # with FP8 layers): an inference tensor could not be zeroed by reset() outside it.
         with torch.inference_mode(False):
             self.buffer = torch.zeros(num_layers, 1 + TOUCHED_LEN, dtype=torch.int64, device=device)
+        # On the CPU a decode step pays record() once per MoE layer in Python (no graphs): a NumPy
+        # view of the same memory adds in about 3 us where two torch in-place adds cost about 8.
+        self._host = self.buffer.numpy() if self.buffer.device.type == "cpu" else None
 
     def record(self, layer: int, touched: torch.Tensor) -> None:
+        if (self._host is not None and touched.device.type == "cpu"
+                and not torch.compiler.is_compiling()):  # fmt: skip
+            row = self._host[layer]
+            row[0] += 1
+            row[1:] += touched.numpy()
+            return
         row = self.buffer[layer]
         row[:1].add_(1)
         row[1:].add_(touched)  # int32 added into int64 in the one kernel: no separate cast launch

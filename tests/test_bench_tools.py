@@ -635,3 +635,27 @@ def test_kernel_bench_keep_setting_and_counter_update():
     stats.record(0, touched)
     layer = stats.snapshot()[0]
     assert layer.calls == 2 and layer.experts_before == 2 * int(touched[0])
+
+
+def test_controller_settings_per_run_from_two_metrics_pages():
+    """lynx-bench online reads the TPOT controller's decode steps at each setting before and after
+    every run (the counter family, as /metrics exposes it, _created lines and other engines'
+    labels included) and records what that run used."""
+    from lynx_ops.bench.online import controller_steps, steps_by_setting
+
+    def page(at8: int, at6: int) -> str:
+        return "\n".join([
+            "# HELP lynx_controller_decode_steps_total Decode steps the controller ran",
+            "# TYPE lynx_controller_decode_steps_total counter",
+            f'lynx_controller_decode_steps_total{{engine="41",budget="8"}} {at8}.0',
+            f'lynx_controller_decode_steps_total{{engine="41",budget="6"}} {at6}.0',
+            'lynx_controller_decode_steps_created{engine="41",budget="8"} 1.7e9',
+            'lynx_controller_budget{engine="41"} 6.0',
+            'vllm:num_requests_running{engine="0"} 0.0',
+        ])  # fmt: skip
+
+    assert controller_steps(page(3059, 10)) == {8: 3059.0, 6: 10.0}
+    assert steps_by_setting(controller_steps(page(3059, 10)), controller_steps(page(3067, 400))) \
+        == "8:8 6:390"  # fmt: skip
+    assert steps_by_setting({}, controller_steps(page(0, 5))) == "6:5"
+    assert controller_steps("vllm:foo 1.0") == {}  # no controller: nothing recorded

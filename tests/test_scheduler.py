@@ -33,8 +33,16 @@ def test_decode_steps():
 
 
 class _BaseScheduler:
+    unfinished = True
+
     def schedule(self):
         return SimpleNamespace()
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        return {}
+
+    def has_unfinished_requests(self):
+        return self.unfinished
 
 
 class _Fake(scheduler._Controlled, _BaseScheduler):
@@ -163,3 +171,26 @@ def test_the_controller_publishes_its_snapshot_for_metrics(controller_file, tmp_
     path.unlink()
     _fake()._lynx_setup()
     assert not list(d.glob("controller-*.json"))
+
+
+def test_the_controller_publishes_when_the_engine_goes_idle(controller_file, monkeypatch):
+    """/metrics must hold every step of the work just finished: a benchmark reads the settings a
+    run used from the counters' difference across it. Before, a run's last steps waited for the
+    next metrics interval, i.e. the next run's traffic."""
+    from lynx_ops.integration import metrics
+
+    published = []
+    monkeypatch.setattr(metrics, "publish_controller", lambda snap: published.append(snap))
+    monkeypatch.setenv("VLLM_LYNX_METRICS_INTERVAL", "3600")  # no timed publication in the test
+    fake = _fake()
+    fake._lynx_setup()
+    assert len(published) == 1  # the startup state
+    decode = _output({"a": 1, "b": 1})
+    for _ in range(5):
+        fake.update_from_output(decode, None)
+    assert len(published) == 1  # requests still running: the interval decides
+    fake.unfinished = False
+    fake.update_from_output(decode, None)  # the step that finished the last request
+    assert len(published) == 2 and sum(published[-1]["steps_at"].values()) == 5
+    fake.update_from_output(_output({}), None)  # idle again, nothing new: no rewrite
+    assert len(published) == 2

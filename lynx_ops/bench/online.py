@@ -147,6 +147,11 @@ class Server:
         return self.counter_sums({"vllm:iteration_tokens_total_count": "engine_steps",
                                   "vllm:num_preemptions_total": "preemptions"})  # fmt: skip
 
+    def controller_steps(self) -> dict[int, float]:
+        """{setting: decode steps the TPOT controller ran at it so far}, summed over engines;
+        empty where no controller runs."""
+        return controller_steps(self.metrics_text())
+
     def lynx_metrics(self, wait_s: float = 0.0) -> dict[str, Any]:
         """The Lynx families on the server's Prometheus /metrics, summed or averaged over layers;
         waits up to `wait_s` for the workers' first publication (VLLM_LYNX_METRICS_INTERVAL)."""
@@ -175,6 +180,28 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+
+
+_CONTROLLER_STEPS = re.compile(
+    r'^lynx_controller_decode_steps(?:_total)?\{[^}]*budget="(\d+)"[^}]*\} (\S+)$'
+)
+
+
+def controller_steps(metrics_text: str) -> dict[int, float]:
+    """The `lynx_controller_decode_steps` counter of a /metrics page, by setting."""
+    out: dict[int, float] = {}
+    for line in metrics_text.splitlines():
+        match = _CONTROLLER_STEPS.match(line)
+        if match:
+            setting = int(match.group(1))
+            out[setting] = out.get(setting, 0.0) + float(match.group(2))
+    return out
+
+
+def steps_by_setting(before: dict[int, float], after: dict[int, float]) -> str:
+    """The settings one run used, largest first: "8:120 6:395" (decode steps at each)."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    return " ".join(f"{k}:{v:.0f}" for k, v in sorted(delta.items(), reverse=True) if v > 0)
 
 
 def client_args(server: Server, point: tuple[str, float], num_prompts: int, spec: dict,
@@ -253,6 +280,8 @@ def run_point(server: Server, client: LoopClient, point: tuple[str, float], spec
     if lynx_on:
         server.rpc("lynx_reset")
     before, log_at = server.engine_counts(), server.log_offset()
+    controlled = lynx_on and spec.get("controller") is not None
+    settings_before = server.controller_steps() if controlled else {}
     args = client_args(server, point, num_prompts, spec, seed=1000 * repeat + int(value),
                        result_dir=workdir, filename=filename)  # fmt: skip
     log = workdir / f"client-{filename}.log"
@@ -274,6 +303,8 @@ def run_point(server: Server, client: LoopClient, point: tuple[str, float], spec
         row["experts_before"] = summary.get("experts_before")
         row["experts_after"] = summary.get("experts_after")
         row["host_decisions"] = decisions
+    if controlled:  # published by the scheduler as the engine went idle at the run's end
+        row["controller_steps"] = steps_by_setting(settings_before, server.controller_steps())
     row["errors"] = sorted({e for e in result["errors"] if e})[:3]
     row["_tpots_ms"], row["_output_lens"] = request_tpots_ms(result), result["output_lens"]
     add_goodput(row, spec.get("slo_ms", []))
@@ -329,6 +360,8 @@ def run_side(label: str, model: str, serve_args: list[str], env_extra: dict[str,
                     + (f", {row['remapped_steps']:.0f} remapped, experts "
                        f"{row['experts_before'] or 0:.1f} -> {row['experts_after'] or 0:.1f}"
                        if "remapped_steps" in row else "")
+                    + (f", controller settings {row['controller_steps'] or '-'}"
+                       if "controller_steps" in row else "")
                     + (f"; {row['jit_events']} JIT events in the run ({row['jit_kernels']})"
                        if row["jit_events"] else ""))  # fmt: skip
             if point == ("concurrency", 1) and not spec.get("slo_ms"):

@@ -70,6 +70,7 @@ class _Controlled:
         self._lynx = TpotController(_load_config())
         self._lynx_last: float | None = None  # end of the previous decode step
         self._lynx_logged = self._lynx_published = time.monotonic()
+        self._lynx_last_decode = float("-inf")  # when the last decode step ended
         self._lynx_publish()
         cfg = self._lynx.config
         logger.info("[lynx] TPOT controller: target %.3g ms, ladder %s, floors %s; tensor "
@@ -99,7 +100,7 @@ class _Controlled:
             return
         if self._lynx_last is not None:
             self._lynx.update(len(output.num_scheduled_tokens), (now - self._lynx_last) * 1e3)
-        self._lynx_last = now
+        self._lynx_last = self._lynx_last_decode = now
         if 0 < envs.VLLM_LYNX_METRICS_INTERVAL <= now - self._lynx_published:
             self._lynx_published = now
             self._lynx_publish()
@@ -113,6 +114,12 @@ class _Controlled:
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         self._lynx_step_done(scheduler_output)
+        if self._lynx_published < self._lynx_last_decode and not self.has_unfinished_requests():
+            # The engine goes idle: publish now, so /metrics holds every step of the work just
+            # finished (a benchmark reads the settings each run used from the difference), not
+            # the state of up to one metrics interval before it.
+            self._lynx_published = time.monotonic()
+            self._lynx_publish()
         return outputs
 
 

@@ -28,7 +28,7 @@ BUDGET = ({"kind": "budget", "budget": 32}, [32, 8, 2])
 KEEP_K0 = ({"kind": "keep_k0", "k0": 4}, [4, 2, 1])  # k0 = k = 4 at the top: the router's choice
 
 
-def _run(tmp: Path, target_ms: float, tp: int = 1, setting=BUDGET):
+def _run(tmp: Path, target_ms: float, tp: int = 1, setting=BUDGET, env_extra=None):
     model_dir = write_model_dir("qwen3-moe", tmp / "model", tiny=True)  # 32 experts, top-4
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 2048) for _ in range(rng.randrange(5, 30))] for _ in range(8)]
@@ -43,7 +43,11 @@ def _run(tmp: Path, target_ms: float, tp: int = 1, setting=BUDGET):
                        "max_num_seqs": 16, "scheduler_cls": SCHEDULER},
             "phases": [{"name": "prefill", "max_tokens": 1},
                        {"name": "decode", "max_tokens": DECODE_TOKENS}]}  # fmt: skip
-    env = {"VLLM_LYNX_CONFIG_FILE": str(policy), "VLLM_LYNX_CONTROLLER_FILE": str(controller)}
+    env = {
+        "VLLM_LYNX_CONFIG_FILE": str(policy),
+        "VLLM_LYNX_CONTROLLER_FILE": str(controller),
+        **(env_extra or {}),
+    }
     if tp > 1:
         spec["engine"].update(tensor_parallel_size=tp, distributed_executor_backend="mp",
                               worker_extension_cls="tests.rank_probe.RankProbeWorker")  # fmt: skip
@@ -59,7 +63,18 @@ def _run(tmp: Path, target_ms: float, tp: int = 1, setting=BUDGET):
 def test_the_controller_turns_the_setting_by_the_target(tmp_path, setting):
     """Budget: K from 32 (the whole union) down to 2. keep_k0: k0 from 4 (= k) down to 1, the
     union of the rows' top-1s. Either way the loose run changes no row."""
-    tight, tight_log = _run(tmp_path / "tight", 1e-3, setting=setting)
+    # A metrics interval longer than the run: whatever the controller's file holds at the end
+    # was published as the engine went idle (scheduler.py), as a benchmark reads it between runs.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir(mode=0o700)
+    tight, tight_log = _run(tmp_path / "tight", 1e-3, setting=setting,
+                            env_extra={"LYNX_METRICS_DIR": str(metrics_dir),
+                                       "VLLM_LYNX_METRICS_INTERVAL": "3600"})  # fmt: skip
+    (published,) = [json.loads(p.read_text()) for p in metrics_dir.glob("controller-*.json")]
+    steps = {int(k): n for k, n in published["steps_at"].items()}
+    # every decode step after the first of the phase is measured; at the ladder's end by then
+    assert sum(steps.values()) >= DECODE_TOKENS - 3, published
+    assert steps[min(setting[1])] > 0, published
     loose, loose_log = _run(tmp_path / "loose", 1e6, setting=setting)
     applies = "k0" if setting is KEEP_K0 else "K"
     assert f"this rank applies each step's {applies} to" in tight_log, tight_log[-3000:]

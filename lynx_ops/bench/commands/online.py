@@ -80,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
           + ", ".join([f"{m:g}x stock's single-request TPOT" for m in args.slo_multipliers]
                       + [f"{v:g} ms" for v in args.slo_ms]), flush=True)  # fmt: skip
     control_env, control_args = controller_side(args)  # only the Lynx side runs Lynx's scheduler
+    spec["controller"] = getattr(args, "controller_file", None)  # runs record its settings
     sides = [("stock", {}, []), ("lynx", {**lynx_env(args), **control_env}, control_args)]
     if args.stock_again:
         sides.append(("stock_again", {}, []))
