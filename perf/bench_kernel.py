@@ -144,7 +144,8 @@ def _policy_call(policy: str, shape: Shape, a: tuple, k0: int | None = None):
     if policy == "budget":
         k_t = torch.full((1,), max(1, shape.E // 4), dtype=torch.int32, device=a[0].device)
         return torch.ops.lynx.remap_budget, budget_ref, (*head, k_t, 1.0, 0, *a[5:7], *tail)
-    keep = max(1, shape.k // 2) if k0 is None else min(k0, shape.k)
+    # clamped to [1, k] as the op clamps it, so the k0 column says what ran
+    keep = max(1, shape.k // 2) if k0 is None else max(1, min(k0, shape.k))
     k0_t = torch.full((1,), keep, dtype=torch.int32, device=a[0].device)
     return torch.ops.lynx.remap_keep, keep_ref, (*head, k0_t, *tail)
 
