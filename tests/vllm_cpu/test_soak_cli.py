@@ -23,13 +23,15 @@ def test_lynx_bench_soak_tiny(tmp_path):
     out = tmp_path / "soak"
     proc = subprocess.run(
         [sys.executable, "-m", "lynx_ops.bench.cli", "soak", "--shape", "qwen3-moe", "--tiny",
-         "--minutes", "0.5", "--concurrency", "4", "--max-input", "48", "--max-output", "12",
+         "--minutes", "0.5", "--off-minutes", "0.4", "--concurrency", "4", "--max-input", "48", "--max-output", "12",
          "--serve-arg=--kv-cache-memory-bytes=268435456", "--out", str(out)],
         capture_output=True, text=True, timeout=1200,
         env={**os.environ, "VLLM_LYNX_METRICS_INTERVAL": "1"},
     )  # fmt: skip
     assert (out / "soak.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = json.loads((out / "soak.json").read_text())["runs"]
+    result = json.loads((out / "soak.json").read_text())
+    assert (result["spec"]["minutes"], result["spec"]["off_minutes"]) == (0.5, 0.4)
+    runs = result["runs"]
     for mode in ("off", "on"):
         r = runs[mode]
         assert r["requests"] > 4 and r["valid"] == r["requests"] and r["errors"] == 0, r

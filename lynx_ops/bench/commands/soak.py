@@ -15,7 +15,10 @@ HELP = "vllm serve under mixed traffic, flag off then on"
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     add_source_args(parser, "CPU runs")
     add_router_args(parser)
-    parser.add_argument("--minutes", type=float, default=10.0, help="traffic per mode")
+    parser.add_argument("--minutes", type=float, default=10.0, help="traffic with the flag on")
+    parser.add_argument("--off-minutes", type=float, default=None,
+                        help="traffic with the flag off, the stock comparison (default: --minutes; "
+                             "shorter fits a GPU session's time)")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=8, help="clients, one request each")
     parser.add_argument("--abuse", type=int, default=1,
                         help="clients cutting streams and sending malformed requests")  # fmt: skip
@@ -29,23 +32,35 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Flag off, then on, each under the same mixed traffic; fails (exit 1) on any error, invalid
+    """Flag off, then on, each under the same mixed traffic (the off side may run shorter); fails (exit 1) on any error, invalid
     response, dead server, or resident memory growing by more than 5% after warm-up."""
     from lynx_ops.bench import soak
 
+    off_minutes = args.minutes if args.off_minutes is None else args.off_minutes
+    if not (off_minutes > 0 and args.minutes > 0):  # also refuses nan
+        raise SystemExit(f"lynx-bench soak: --minutes and --off-minutes must be > 0, got "
+                         f"{args.minutes} and {off_minutes}")  # fmt: skip
     out_dir, work, model, vocab, serve_args = serve_setup(
         args, "lynx-soak-", args.max_input + args.max_output
     )
-    spec = {"minutes": args.minutes, "concurrency": args.concurrency, "abuse": args.abuse,
-            "bench_serve": args.bench_serve,
+    spec = {"minutes": args.minutes, "off_minutes": off_minutes, "concurrency": args.concurrency,
+            "abuse": args.abuse, "bench_serve": args.bench_serve,
             "vocab": vocab, "max_input": args.max_input, "max_output": args.max_output,
             "max_model_len": args.max_input + args.max_output + 16, "sample_s": 10.0}  # fmt: skip
-    runs = {"off": soak.run_mode("off", model, serve_args, {}, spec, work),
-            "on": soak.run_mode("on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work)}  # fmt: skip
     prov = provenance()
-    (out_dir / "soak.json").write_text(json.dumps({"spec": spec, "runs": runs, "model": args.shape
-                                                   or args.model, "router": args.router_label,
-                                                   **prov}, indent=1))  # fmt: skip
+    runs: dict = {}
+
+    def save() -> None:  # after each mode, so a run cut short still leaves what finished
+        (out_dir / "soak.json").write_text(json.dumps(
+            {"spec": spec, "runs": runs, "model": args.shape or args.model,
+             "router": args.router_label, **prov}, indent=1))  # fmt: skip
+
+    runs["off"] = soak.run_mode(
+        "off", model, serve_args, {}, {**spec, "minutes": off_minutes}, work
+    )
+    save()
+    runs["on"] = soak.run_mode("on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work)
+    save()
     print(f"\nrouter: {args.router_label}")
     print(f"{'mode':>4} {'requests':>8} {'valid':>6} {'errors':>6} {'tokens':>7} "
           f"{'RSS after warm-up':>17} {'RSS end':>8} {'growth':>7}")  # fmt: skip
