@@ -305,9 +305,10 @@ def keep_ref(
     """Reference `lynx::remap_keep` (docs/ALGORITHM.md, "Other policies"; OEA, arXiv 2511.02237):
     each valid row keeps its top-k0 experts by selection score; its other k - k0 slots take its
     best experts from the union of the valid rows' top-k0 sets, else its own next best. k0 = k
-    returns the vanilla routing. k0 is a one-element tensor (an int is taken too), clamped to
-    [1, k]; it is never read on the host, so the reference stays capture-safe on CUDA. Same
-    outputs as `remap_ref`."""
+    returns the vanilla routing bit for bit, whether or not the router's ids are the rows' top-k
+    by selection score (the identity rung of a k0 ladder; the kernels exit early there). k0 is a
+    one-element tensor (an int is taken too), clamped to [1, k]; it is never read on the host, so
+    the reference stays capture-safe on CUDA. Same outputs as `remap_ref`."""
     x, valid, vanilla, s, allowed = _prepare(
         scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group
     )
@@ -317,5 +318,15 @@ def keep_ref(
     take = (torch.arange(k, device=scores.device) < k0).expand_as(best)  # its first k0
     pool = torch.zeros_like(allowed).scatter_(1, best, take)
     pool = (pool & valid[:, None]).any(dim=0)  # [E]
-    return _finish(x, s, allowed, vanilla, valid, pool, topk_weights, topk_ids, scoring,
-                   weight_rule, scale)  # fmt: skip
+    out_w, out_ids, touched = _finish(x, s, allowed, vanilla, valid, pool, topk_weights, topk_ids,
+                                      scoring, weight_rule, scale)  # fmt: skip
+    # k0 = k: the vanilla routing, selected on the device (no host read of k0)
+    n = valid.sum().to(torch.int32)
+    distinct = _distinct_experts(topk_ids, valid, x.shape[1])
+    same = torch.stack([distinct, distinct, n, n, torch.zeros_like(n)])
+    identity = k0 >= k
+    return (
+        torch.where(identity, topk_weights, out_w),
+        torch.where(identity, topk_ids, out_ids),
+        torch.where(identity, same, touched),
+    )

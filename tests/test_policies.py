@@ -154,6 +154,43 @@ def test_keep_all_k_and_a_budget_above_the_union_are_the_identity():
         assert touched[0] == touched[1] and touched[4] == 0
 
 
+def _unranked_ids(shape, T, seed):
+    """Ids that are not the rows' top-k by score (distinct random experts per row), with weights
+    that are no function of them: only an identity rung returns them unchanged."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(shape.E, generator=g)[: shape.k] for _ in range(T)])
+    return ids.to(torch.int32), torch.rand(T, shape.k, generator=g)
+
+
+def _identity_touched(ids, n):
+    distinct = len({int(e) for e in ids[:n].flatten()})
+    return [distinct, distinct, n, n, 0]
+
+
+@pytest.mark.parametrize("shape", FAMILY_SHAPES)
+def test_keep_all_k_returns_the_router_routing_even_when_it_is_not_the_top_k(shape):
+    """k0 = k is the identity rung of a k0 ladder (the controller's "off"), by definition, not
+    only when the router's ids happen to be the rows' best by score: the reference and the CPU
+    op return ids and weights bit for bit, padding rows included, and `touched` says nothing
+    moved. k0 = k - 1 on the same batch does move rows, so the batch is not trivially fixed."""
+    T, n = 12, 9
+    x, _, _, bias = make_batch(shape, T, seed=3, spread=1.2)
+    ids, w = _unranked_ids(shape, T, seed=3)
+    num_valid = torch.tensor([n], dtype=torch.int32)
+    rest = (int(shape.scoring), int(shape.rule), shape.scale, shape.groups)
+    for k0 in (shape.k, shape.k + 3):
+        k0_t = torch.tensor([k0], dtype=torch.int32)
+        for out_w, out_ids, touched in (
+            keep_ref(x, w, ids, num_valid, bias, k0_t, *rest),
+            _call_keep(shape, x, w, ids, bias, n, k0),
+        ):
+            assert torch.equal(out_ids, ids) and torch.equal(out_w, w)
+            assert touched.tolist() == _identity_touched(ids, n)
+    if shape.k > 1:
+        moved = _call_keep(shape, x, w, ids, bias, n, shape.k - 1)
+        assert not torch.equal(moved[1], ids)
+
+
 def test_budget_cuts_the_union_to_k_or_the_forced_top1s():
     """E=128, k=8, 32 rows at the calibrated spread: with K=24 the step uses at most
     max(24, distinct top-1s) experts, and fewer K never uses more experts."""

@@ -76,6 +76,32 @@ def test_keep_kernel_matches_reference(device, path, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("path", LAUNCHES)
+@pytest.mark.parametrize("family", ["qwen3-30b-a3b", "deepseek-v3"])
+def test_keep_kernel_identity_rung_copies_the_router_routing(device, path, family):
+    """k0 = k exits early in both launch shapes: ids and weights come back bit for bit, padding
+    rows included, even for ids that are not the rows' top-k by score (where a selection would
+    move them), and `touched` matches the reference's; over several blocks on the split path."""
+    from lynx_ops.kernels.policies import keep_triton
+
+    shape = family_shape(family)
+    g = torch.Generator().manual_seed(11)
+    for T, n in [(16, 13), (40, 37), (1, 1)]:
+        x = _batch(shape, T, n, 4)[0]
+        ids = torch.stack([torch.randperm(shape.E, generator=g)[: shape.k] for _ in range(T)])
+        w = torch.rand(T, shape.k, generator=g).to(torch.bfloat16)
+        bias = torch.randn(shape.E, generator=g) if shape.scoring == Scoring.SIGMOID_BIAS else None
+        args = (x, w, ids.to(torch.int32), torch.tensor([n], dtype=torch.int32), bias,
+                torch.tensor([shape.k], dtype=torch.int32), int(shape.scoring), int(shape.rule),
+                shape.scale, shape.groups)  # fmt: skip
+        want = keep_ref(*args)
+        assert torch.equal(want[1], args[2]) and torch.equal(want[0], w)
+        got = _launch(device, path, torch.ops.lynx.remap_keep, keep_triton, args)
+        _check(want, got, args)
+        assert torch.equal(got[0].cpu(), w)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", LAUNCHES)
 @pytest.mark.parametrize("shape", FAMILY_SHAPES)
 @pytest.mark.parametrize("score", list(BatchScore))
 def test_budget_kernel_matches_reference(device, path, shape, score):

@@ -216,6 +216,11 @@ def keep_cpu(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, sco
     b = _Batch(scores, topk_ids, num_valid, correction_bias, scoring, num_expert_group)
     k = topk_ids.shape[1]
     k0 = min(max(int(k0.reshape(-1)[0]), 1), k)  # a host tensor here: reading it costs nothing
+    if k0 == k:  # the identity rung: the vanilla routing (reference.keep_ref), no selection
+        distinct = np.count_nonzero(b.only_valid(b.vanilla).any(axis=0))
+        n = np.count_nonzero(b.valid)
+        touched = torch.tensor([distinct, distinct, n, n, 0], dtype=torch.int32)
+        return topk_weights.clone(), topk_ids.clone(), touched
     own = _largest(b.only_allowed(b.score_key(), _INT64_MIN), k0, b.rows, ordered=False)
     pool = b.only_valid(b.scatter(own)).any(axis=0)
     return _finish(b, pool, topk_weights, topk_ids, scoring, weight_rule, scale)

@@ -15,8 +15,10 @@ experts touched) and its launch shapes (kernels/configs.py). Only the kept set d
 Two launch shapes, as for bins: one program over the whole padded batch (small T), or split over
 blocks of rows (large T): launch 1 writes each block's partials (keep: its kept set; budget: its
 union, forced top-1s and batch score), launch 2 sums them in a fixed order and runs the final
-choice per block (keep_k0 uses the bins policy's `_final_kernel` as it is; budget computes its
-kept set from the sums in every block, the same integers everywhere).
+choice per block (keep_k0 runs the bins policy's `_final_rows`; budget computes its kept set from
+the sums in every block, the same integers everywhere). keep_k0 at k0 = k, the identity rung of a
+k0 ladder, copies the vanilla routing out and counts `touched` without loading a score: a
+selection that changes no row cost as much as one at k0 = 4 (H200, 0ee8d21).
 
 All decisions are integer comparisons on values every rank computes identically: no atomics but
 the finished-block counter, no float reductions. Batches past the packed keys' bounds
@@ -34,9 +36,10 @@ from lynx_ops.kernels.remap import (
     _INT64_MIN,
     _block_final,
     _block_hist,
-    _final_kernel,
     _final_rows,
     _load_block,
+    _num_valid,
+    _reduce_touched,
     _score_key,
     _sortable,
     _split_rows,
@@ -60,7 +63,7 @@ def _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K: tl.constexpr):
     """[BE] int32: 1 for experts among some valid row's top-k0 (by score, vanilla, lower index).
     k0 is read from the device (clamped to [1, K]), so a captured graph replays a new value; the
     loop runs k0 times, not K, so a smaller k0 costs less."""
-    k0 = tl.minimum(tl.maximum(tl.load(k0_ptr).to(tl.int32), 1), K)
+    k0 = _keep_k0(k0_ptr, K)
     key = tl.where(allowed, _score_key(s, vanilla, cols), _INT64_MIN)
     own = tl.zeros(key.shape, dtype=tl.int1)
     for _ in range(k0):
@@ -69,6 +72,31 @@ def _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K: tl.constexpr):
         own = own | chosen
         key = tl.where(chosen, _INT64_MIN, key)
     return tl.max((own & valid[:, None]).to(tl.int32), axis=0)
+
+
+@triton.jit
+def _keep_k0(k0_ptr, K: tl.constexpr):
+    """k0 from the device, clamped to [1, K] (reference.keep_ref)."""
+    return tl.minimum(tl.maximum(tl.load(k0_ptr).to(tl.int32), 1), K)
+
+
+@triton.jit
+def _identity_rows(w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
+                   rows, row_ok, valid, cols, K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """keep_k0 at k0 = k: the block's vanilla ids and weights copied out (padding rows too), with
+    no scores loaded and no selection run. Returns [BE] int32: the experts its valid rows use."""
+    kcols = tl.arange(0, BLOCK_K)
+    mk = row_ok[:, None] & (kcols < K)[None, :]
+    v_ids = tl.load(id_ptr + rows[:, None] * si_t + kcols[None, :] * si_k, mask=mk, other=0)
+    v_w = tl.load(w_ptr + rows[:, None] * sw_t + kcols[None, :] * sw_k, mask=mk, other=0.0)
+    out_off = rows[:, None] * K + kcols[None, :]
+    tl.store(out_id_ptr + out_off, v_ids, mask=mk)
+    tl.store(out_w_ptr + out_off, v_w, mask=mk)
+    used = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.int1)
+    for j in tl.static_range(K):
+        vid = tl.load(id_ptr + rows * si_t + j * si_k, mask=valid, other=-1).to(tl.int32)
+        used = used | (cols[None, :] == vid[:, None])
+    return tl.max(used.to(tl.int32), axis=0)
 
 
 @triton.jit
@@ -130,17 +158,22 @@ def _keep_kernel(
 ):  # fmt: skip
     """keep_k0, whole batch in one program."""
     n, rows, row_ok, valid, cols, col_ok = _whole_batch(n_ptr, T, E, BLOCK_T, BLOCK_E)
-    x, s, allowed, d, q, vanilla = _load_block(
-        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
-        rows, row_ok, cols, col_ok, group_size, 1.0, K, 1, SCORING, GROUPED, EPS,
-    )  # fmt: skip
-    kept = _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K)
-    before, after, top1, moved = _block_final(
-        x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
-        x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
-        E, scale, K, SCORING, RULE, BLOCK_K,
-    )  # fmt: skip
-    _store_touched(touched_ptr, before, after, top1, n, moved)
+    if _keep_k0(k0_ptr, K) >= K:  # the identity rung: a copy, not a selection that changes nothing
+        used = _identity_rows(w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
+                              rows, row_ok, valid, cols, K, BLOCK_K)  # fmt: skip
+        _store_touched(touched_ptr, used, used, n, n, n * 0)
+    else:
+        x, s, allowed, d, q, vanilla = _load_block(
+            x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k,
+            rows, row_ok, cols, col_ok, group_size, 1.0, K, 1, SCORING, GROUPED, EPS,
+        )  # fmt: skip
+        kept = _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K)
+        before, after, top1, moved = _block_final(
+            x, s, allowed, vanilla, kept, rows, row_ok, valid, cols, col_ok,
+            x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
+            E, scale, K, SCORING, RULE, BLOCK_K,
+        )  # fmt: skip
+        _store_touched(touched_ptr, before, after, top1, n, moved)
 
 
 @triton.jit
@@ -150,15 +183,50 @@ def _keep_partial_kernel(
     K: tl.constexpr, SCORING: tl.constexpr, GROUPED: tl.constexpr,
     EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):  # fmt: skip
-    """keep_k0 split, launch 1 of 2: this block's kept set into kept[pid]."""
-    pid, rows, valid, cols, x, s, allowed, d, q, vanilla = _split_rows(
-        x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, 1.0,
-        K, 1, SCORING, GROUPED, EPS, BLOCK_T, BLOCK_E,
-    )  # fmt: skip
-    kept = _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K)
-    tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
-    if pid == 0:  # launch 2 counts finished blocks here; launches on one stream run in order
+    """keep_k0 split, launch 1 of 2: this block's kept set into kept[pid] (nothing at k0 = k,
+    where launch 2 copies the vanilla routing)."""
+    if _keep_k0(k0_ptr, K) < K:
+        pid, rows, valid, cols, x, s, allowed, d, q, vanilla = _split_rows(
+            x_ptr, sx_t, sx_e, bias_ptr, id_ptr, si_t, si_k, n_ptr, T, E, group_size, 1.0,
+            K, 1, SCORING, GROUPED, EPS, BLOCK_T, BLOCK_E,
+        )  # fmt: skip
+        kept = _keep_set(s, allowed, vanilla, valid, cols, k0_ptr, K)
+        tl.store(kept_ptr + pid * BLOCK_E + cols, kept.to(tl.int8))
+    if tl.program_id(0) == 0:  # launch 2 counts finished blocks here; one stream runs in order
         tl.store(counter_ptr, 0)
+
+
+@triton.jit
+def _keep_final_kernel(
+    x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr, k0_ptr,
+    kept_ptr, before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr,
+    out_w_ptr, out_id_ptr, touched_ptr,
+    T, E, P, scale, group_size,
+    K: tl.constexpr, SCORING: tl.constexpr, RULE: tl.constexpr,
+    GROUPED: tl.constexpr, EPS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """keep_k0 split, launch 2 of 2: the kept set from the blocks' partials (OR) and the bins
+    policy's final choice, or at k0 = k the vanilla routing copied; `touched` either way."""
+    cols = tl.arange(0, BLOCK_E)
+    if _keep_k0(k0_ptr, K) >= K:
+        pid = tl.program_id(0)
+        n = _num_valid(n_ptr, T)
+        rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+        valid = rows < n
+        used = _identity_rows(w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
+                              rows, rows < T, valid, cols, K, BLOCK_K)  # fmt: skip
+        _reduce_touched(used, used, tl.sum(valid.to(tl.int32), axis=0), n * 0, pid, n, cols,
+                        before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr, touched_ptr, P,
+                        BLOCK_E, CHUNK)  # fmt: skip
+    else:
+        kept = _sum_partials(kept_ptr, P, cols, BLOCK_E, CHUNK, False)
+        _final_rows(
+            kept, x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, n_ptr, bias_ptr,
+            before_ptr, after_ptr, top1_ptr, moved_ptr, counter_ptr, out_w_ptr, out_id_ptr,
+            touched_ptr, T, E, P, 1.0, scale, group_size,
+            K, 1, SCORING, RULE, GROUPED, EPS, BLOCK_T, BLOCK_E, BLOCK_K, CHUNK,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -278,12 +346,11 @@ def keep_triton(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, 
         *x_args, *id_args, num_valid, bias, k0, masks[0], counter,
         num_rows, num_experts, group_size, **common,
     )  # fmt: skip
-    _final_kernel[(blocks,)](
-        *args, num_valid, bias, masks[0], masks[1], masks[2], top1, moved, counter,
+    _keep_final_kernel[(blocks,)](
+        *args, num_valid, bias, k0, masks[0], masks[1], masks[2], top1, moved, counter,
         out_w, out_ids, touched,
-        num_rows, num_experts, blocks, 1.0, float(scale), group_size,
-        BETA=1, RULE=int(WeightRule(weight_rule)), BLOCK_K=block_k, CHUNK=chunk,
-        **common,
+        num_rows, num_experts, blocks, float(scale), group_size,
+        RULE=int(WeightRule(weight_rule)), BLOCK_K=block_k, CHUNK=chunk, **common,
     )  # fmt: skip
     return out_w, out_ids, touched
 

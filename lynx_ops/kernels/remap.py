@@ -376,8 +376,8 @@ def _final_kernel(
     GROUPED: tl.constexpr, EPS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    """Launch 3 of 3: the kept set from the blocks' partials (OR), then `_final_rows`. The keep_k0
-    policy's split path launches it too, after its own partials (kernels/policies.py)."""
+    """Launch 3 of 3: the kept set from the blocks' partials (OR), then `_final_rows` (the keep_k0
+    policy's split path runs the same two steps, kernels/policies.py)."""
     cols = tl.arange(0, BLOCK_E)
     kept = _sum_partials(kept_ptr, P, cols, BLOCK_E, CHUNK, False)
     _final_rows(
@@ -415,6 +415,16 @@ def _final_rows(
         x_ptr, sx_t, sx_e, w_ptr, sw_t, sw_k, id_ptr, si_t, si_k, out_w_ptr, out_id_ptr,
         E, scale, K, SCORING, RULE, BLOCK_K,
     )  # fmt: skip
+    _reduce_touched(before, after, top1, moved, pid, n, cols, before_ptr, after_ptr, top1_ptr,
+                    moved_ptr, counter_ptr, touched_ptr, P, BLOCK_E, CHUNK)  # fmt: skip
+
+
+@triton.jit
+def _reduce_touched(before, after, top1, moved, pid, n, cols, before_ptr, after_ptr, top1_ptr,
+                    moved_ptr, counter_ptr, touched_ptr, P,
+                    BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+    """A split launch's `touched`: this block's partials out, and the last block to finish sums
+    every block's into the op's third output."""
     tl.store(before_ptr + pid * BLOCK_E + cols, before.to(tl.int8))
     tl.store(after_ptr + pid * BLOCK_E + cols, after.to(tl.int8))
     tl.store(top1_ptr + pid, top1)
