@@ -88,6 +88,14 @@ def vanilla_routing(x: torch.Tensor, shape: Shape, bias: torch.Tensor | None = N
     return w, ids
 
 
+def unranked_ids(shape: Shape, T: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 ids that are not the rows' top-k by score (distinct random experts per row) and
+    float32 weights that are no function of them: only an identity returns them unchanged."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(shape.E, generator=g)[: shape.k] for _ in range(T)])
+    return ids.to(torch.int32), torch.rand(T, shape.k, generator=g)
+
+
 def make_batch(shape: Shape, T: int, *, seed: int, spread: float = 2.0, dtype=torch.float32,
                id_dtype=torch.int32, w_dtype=torch.float32, device="cpu"):  # fmt: skip
     """Router logits with a realistic spread (std `spread` logits plus a per-expert skew so the

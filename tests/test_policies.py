@@ -15,7 +15,7 @@ import torch
 import lynx_ops  # noqa: F401  (registers torch.ops.lynx)
 from lynx_ops.reference import keep_ref, selection_scores, vanilla_group_mask
 from lynx_ops.routing import BatchScore, Scoring, WeightRule
-from tests.helpers import FAMILY_SHAPES, Shape, make_batch
+from tests.helpers import FAMILY_SHAPES, Shape, make_batch, unranked_ids
 
 budget_op = torch.ops.lynx.remap_budget
 keep_op = torch.ops.lynx.remap_keep
@@ -154,14 +154,6 @@ def test_keep_all_k_and_a_budget_above_the_union_are_the_identity():
         assert touched[0] == touched[1] and touched[4] == 0
 
 
-def _unranked_ids(shape, T, seed):
-    """Ids that are not the rows' top-k by score (distinct random experts per row), with weights
-    that are no function of them: only an identity rung returns them unchanged."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.stack([torch.randperm(shape.E, generator=g)[: shape.k] for _ in range(T)])
-    return ids.to(torch.int32), torch.rand(T, shape.k, generator=g)
-
-
 def _identity_touched(ids, n):
     distinct = len({int(e) for e in ids[:n].flatten()})
     return [distinct, distinct, n, n, 0]
@@ -175,7 +167,7 @@ def test_keep_all_k_returns_the_router_routing_even_when_it_is_not_the_top_k(sha
     moved. k0 = k - 1 on the same batch does move rows, so the batch is not trivially fixed."""
     T, n = 12, 9
     x, _, _, bias = make_batch(shape, T, seed=3, spread=1.2)
-    ids, w = _unranked_ids(shape, T, seed=3)
+    ids, w = unranked_ids(shape, T, seed=3)
     num_valid = torch.tensor([n], dtype=torch.int32)
     rest = (int(shape.scoring), int(shape.rule), shape.scale, shape.groups)
     for k0 in (shape.k, shape.k + 3):

@@ -23,6 +23,7 @@ from tests.helpers import (
     near_bin_edge,
     op_args,
     path_config,
+    unranked_ids,
 )
 
 LAUNCHES = ["auto", "fused", "split"]
@@ -84,13 +85,11 @@ def test_keep_kernel_identity_rung_copies_the_router_routing(device, path, famil
     from lynx_ops.kernels.policies import keep_triton
 
     shape = family_shape(family)
-    g = torch.Generator().manual_seed(11)
     for T, n in [(16, 13), (40, 37), (1, 1)]:
-        x = _batch(shape, T, n, 4)[0]
-        ids = torch.stack([torch.randperm(shape.E, generator=g)[: shape.k] for _ in range(T)])
-        w = torch.rand(T, shape.k, generator=g).to(torch.bfloat16)
-        bias = torch.randn(shape.E, generator=g) if shape.scoring == Scoring.SIGMOID_BIAS else None
-        args = (x, w, ids.to(torch.int32), torch.tensor([n], dtype=torch.int32), bias,
+        x, _, _, _, bias = _batch(shape, T, n, 4)
+        ids, w = unranked_ids(shape, T, seed=11 + T)
+        w = w.to(torch.bfloat16)
+        args = (x, w, ids, torch.tensor([n], dtype=torch.int32), bias,
                 torch.tensor([shape.k], dtype=torch.int32), int(shape.scoring), int(shape.rule),
                 shape.scale, shape.groups)  # fmt: skip
         want = keep_ref(*args)

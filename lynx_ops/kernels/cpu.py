@@ -220,7 +220,8 @@ def keep_cpu(scores, topk_weights, topk_ids, num_valid, correction_bias, k0, sco
         distinct = np.count_nonzero(b.only_valid(b.vanilla).any(axis=0))
         n = np.count_nonzero(b.valid)
         touched = torch.tensor([distinct, distinct, n, n, 0], dtype=torch.int32)
-        return topk_weights.clone(), topk_ids.clone(), touched
+        copy = dict(memory_format=torch.contiguous_format)  # contiguous as _finish's outputs
+        return topk_weights.clone(**copy), topk_ids.clone(**copy), touched
     own = _largest(b.only_allowed(b.score_key(), _INT64_MIN), k0, b.rows, ordered=False)
     pool = b.only_valid(b.scatter(own)).any(axis=0)
     return _finish(b, pool, topk_weights, topk_ids, scoring, weight_rule, scale)
