@@ -21,7 +21,7 @@
 #   online:SHAPE@FILE+CTRL  the same, the Lynx server with the TPOT controller's settings from
 #                   perf/policies/CTRL.json (docs/CONTROLLER.md)
 #   soak:SHAPE      lynx-bench soak: flag off (LYNX_SOAK_OFF_MINUTES, default the same), then on
-#                   (LYNX_SOAK_MINUTES, default 10) of
+#                   (LYNX_SOAK_MINUTES, default 10; LYNX_SOAK_ON_FIRST=1 runs on first) of
 #                   mixed traffic, vllm bench serve, cut streams and malformed requests
 #   kernel          perf/bench_kernel.py (the op alone, graph replay), per LYNX_KERNEL_POLICIES
 #                   (default bins; also budget, keep_k0), each cut at LYNX_KERNEL_TIMEOUT s (300)
@@ -107,7 +107,7 @@ stage() {
     soak)
       python3 -m lynx_ops.bench.cli soak --shape "$shape" ${layers:+--layers $layers} \
         --router "${LYNX_ROUTER:-calibrated}" --minutes "${LYNX_SOAK_MINUTES:-10}" \
-        ${LYNX_SOAK_OFF_MINUTES:+--off-minutes $LYNX_SOAK_OFF_MINUTES} \
+        ${LYNX_SOAK_OFF_MINUTES:+--off-minutes $LYNX_SOAK_OFF_MINUTES} ${LYNX_SOAK_ON_FIRST:+--on-first} \
         --concurrency 16 --max-input 1024 --max-output 256 \
         --serve-arg=--gpu-memory-utilization=0.85 --serve-arg=--max-num-seqs=128 --out "$dir" ;;
     kernel) mkdir -p "$dir" && for pol in ${LYNX_KERNEL_POLICIES:-bins}; do

@@ -659,3 +659,40 @@ def test_controller_settings_per_run_from_two_metrics_pages():
         == "8:8 6:390"  # fmt: skip
     assert steps_by_setting({}, controller_steps(page(0, 5))) == "6:5"
     assert controller_steps("vllm:foo 1.0") == {}  # no controller: nothing recorded
+
+
+@pytest.mark.parametrize("on_first", [False, True])
+def test_soak_cut_after_its_first_side_leaves_that_side_in_soak_json(
+    tmp_path, monkeypatch, on_first
+):
+    # A GPU soak is often cut by the session's device time: whatever side ran first must be on
+    # disk whole, and --on-first must put the Lynx side there.
+    import argparse
+
+    from lynx_ops.bench import soak as soak_mod
+    from lynx_ops.bench.commands import soak as soak_cmd
+
+    calls = []
+
+    def fake_run_mode(mode, model, serve_args, env, spec, work):
+        if calls:
+            raise RuntimeError("machine lost")
+        calls.append((mode, env, spec["minutes"]))
+        return {"mode": mode}
+
+    monkeypatch.setattr(soak_mod, "run_mode", fake_run_mode)
+    monkeypatch.setattr(
+        soak_cmd, "serve_setup", lambda args, prefix, n: (tmp_path, tmp_path, "m", 100, [])
+    )
+    parser = argparse.ArgumentParser()
+    soak_cmd.add_cli_args(parser)
+    args = parser.parse_args(["--shape", "qwen3-moe", "--minutes", "10", "--off-minutes", "3"]
+                             + (["--on-first"] if on_first else []))  # fmt: skip
+    args.router_label = "calibrated"
+    with pytest.raises(RuntimeError, match="machine lost"):
+        soak_cmd.main(args)
+    saved = json.loads((tmp_path / "soak.json").read_text())
+    first = "on" if on_first else "off"
+    assert list(saved["runs"]) == [first] and saved["runs"][first] == {"mode": first}
+    assert saved["spec"]["order"][0] == first
+    assert calls == ([("on", {"VLLM_LYNX_ENABLED": "1"}, 10.0)] if on_first else [("off", {}, 3.0)])

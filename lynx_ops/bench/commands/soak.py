@@ -19,6 +19,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--off-minutes", type=float, default=None,
                         help="traffic with the flag off, the stock comparison (default: --minutes; "
                              "shorter fits a GPU session's time)")  # fmt: skip
+    parser.add_argument("--on-first", action="store_true",
+                        help="run the flag-on side first, so that a run cut short (a GPU session's "
+                             "time) still leaves the whole Lynx side")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=8, help="clients, one request each")
     parser.add_argument("--abuse", type=int, default=1,
                         help="clients cutting streams and sending malformed requests")  # fmt: skip
@@ -32,8 +35,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Flag off, then on, each under the same mixed traffic (the off side may run shorter); fails (exit 1) on any error, invalid
-    response, dead server, or resident memory growing by more than 5% after warm-up."""
+    """Flag off, then on (or on first), each under the same mixed traffic (the off side may run
+    shorter); fails (exit 1) on any error, invalid response, dead server, or resident memory
+    growing by more than 5% after warm-up."""
     from lynx_ops.bench import soak
 
     off_minutes = args.minutes if args.off_minutes is None else args.off_minutes
@@ -55,12 +59,18 @@ def main(args: argparse.Namespace) -> int:
             {"spec": spec, "runs": runs, "model": args.shape or args.model,
              "router": args.router_label, **prov}, indent=1))  # fmt: skip
 
-    runs["off"] = soak.run_mode(
-        "off", model, serve_args, {}, {**spec, "minutes": off_minutes}, work
-    )
-    save()
-    runs["on"] = soak.run_mode("on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work)
-    save()
+    modes = {
+        "off": lambda: soak.run_mode(
+            "off", model, serve_args, {}, {**spec, "minutes": off_minutes}, work
+        ),
+        "on": lambda: soak.run_mode(
+            "on", model, serve_args, {"VLLM_LYNX_ENABLED": "1"}, spec, work
+        ),
+    }
+    spec["order"] = ["on", "off"] if args.on_first else ["off", "on"]
+    for mode in spec["order"]:
+        runs[mode] = modes[mode]()
+        save()
     print(f"\nrouter: {args.router_label}")
     print(f"{'mode':>4} {'requests':>8} {'valid':>6} {'errors':>6} {'tokens':>7} "
           f"{'RSS after warm-up':>17} {'RSS end':>8} {'growth':>7}")  # fmt: skip
