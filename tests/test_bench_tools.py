@@ -61,6 +61,17 @@ def test_ceiling_interpolates_between_measured_expert_counts():
     assert _ceiling_at(ceiling, 16, 48.0) is None
 
 
+def test_ceiling_points_sit_at_the_experts_their_steps_touched():
+    # Qwen1.5 at B = 8 (session 20): the 40-expert ceiling's steps touched about 23 experts, so
+    # its step time belongs there, not at 40.
+    ceiling = {12: {8: 3.8}, 40: {8: 4.8}}
+    counts = {12: {8: 11.5}, 40: {8: 23.0}}
+    assert _ceiling_at(ceiling, 8, 20.9, counts) == pytest.approx(3.8 + 1.0 * (20.9 - 11.5) / 11.5)
+    assert _ceiling_at(ceiling, 8, 20.9) == pytest.approx(3.8 + 1.0 * (20.9 - 12) / 28)
+    assert _ceiling_at(ceiling, 8, 30.0, counts) is None  # beyond what the ceilings touched
+    assert _ceiling_at(ceiling, 8, 30.0, {40: {16: 35.0}}) is not None  # other batch: K stays
+
+
 def test_reuse_takes_a_lynx_run_only_from_the_same_policy():
     earlier = {"stock": {"rows": [1]}, "lynx": {"rows": [2], "policy": "family default"},
                "ceiling32": {"rows": [3]}}  # fmt: skip

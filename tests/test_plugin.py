@@ -590,3 +590,27 @@ def test_route_takes_the_setting_of_the_padded_batch_size(monkeypatch, tmp_path)
     got_w, got_ids, remapped = layers.route(bins, x, w, ids)
     want = remap_ref(x, w, ids, torch.tensor([30]), None, 4.0, 4, *TAIL)
     assert remapped and torch.equal(got_ids, want[1]) and torch.equal(got_w, want[0])
+
+
+@pytest.mark.parametrize("rows", [5, 3])
+def test_ceiling_routing_counts_what_its_rows_touch(rows):
+    # The benchmark ceiling's ids and counters against sets built row by row; padding rows
+    # (past `rows`) are routed but not counted.
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    num_experts, k, ceiling = 16, 3, 6
+    topk_ids = torch.stack([torch.randperm(num_experts, generator=gen)[:k] for _ in range(5)])
+    topk_ids = topk_ids.to(torch.int32)
+    ids, touched = layers.ceiling_routing(topk_ids, ceiling, torch.tensor([rows]), num_experts)
+    chosen = [set(r.tolist()) for r in topk_ids[:rows]]
+    used = [{(int(r[0]) + j) % ceiling for j in range(k)} for r in topk_ids[:rows]]
+    assert [set(r.tolist()) for r in ids[:rows]] == used and ids.dtype == topk_ids.dtype
+    assert touched.dtype == torch.int32
+    assert touched.tolist() == [
+        len(set().union(*chosen)),
+        len(set().union(*used)),
+        sum(int(r[0]) in u for r, u in zip(topk_ids[:rows].tolist(), used, strict=True)),
+        rows,
+        sum(len(u - c) for u, c in zip(used, chosen, strict=True)),
+    ]
+    assert len(set().union(*used)) <= ceiling

@@ -164,15 +164,47 @@ def route(
     DECISIONS[reason] += 1
     if ph.rows is None or reason in (SINGLE_ROW, POLICY_OFF):
         return topk_weights, topk_ids, False
-    if state.ceiling:  # k consecutive experts mod K from the row's top-1: distinct, union <= K
-        k = topk_ids.shape[1]
-        offsets = torch.arange(k, device=topk_ids.device, dtype=topk_ids.dtype)
-        return topk_weights, (topk_ids[:, :1] + offsets) % state.ceiling, True
+    if state.ceiling:
+        ids, touched = ceiling_routing(topk_ids, state.ceiling, ph.rows, state.facts.num_experts)
+        _record(state, touched)
+        return topk_weights, ids, True
     num_experts = state.facts.num_experts
     logits = router_logits[:num_rows, :num_experts]
     weights, ids, touched = state.remap(logits, topk_weights, topk_ids, ph.rows)
+    _record(state, touched)
+    return weights, ids, True
+
+
+def _record(state: LayerState, touched: torch.Tensor) -> None:
     if state.stats is None and not (touched.is_cuda and torch.cuda.is_current_stream_capturing()):
         state.stats = ExpertStats(1, touched.device)
     if state.stats is not None:
         state.stats.record(0, touched)
-    return weights, ids, True
+
+
+def ceiling_routing(
+    topk_ids: torch.Tensor, ceiling: int, rows: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The benchmark ceiling (VLLM_LYNX_CEILING_EXPERTS=K): each row's k consecutive experts mod K
+    from its top-1, so a layer reads at most K experts; and the op's `touched` counters for it.
+    A ceiling's step touches fewer than K experts where B x k does not cover K (8 rows of k = 4 on
+    K = 40: about 23), so the benchmark reads the count, not K, as the ceiling's expert count.
+    Device ops only ([1] `rows` on the device): captured with the step."""
+    num_rows, k = topk_ids.shape
+    offsets = torch.arange(k, device=topk_ids.device, dtype=topk_ids.dtype)
+    ids = (topk_ids[:, :1] + offsets) % ceiling
+    valid = torch.arange(num_rows, device=topk_ids.device) < rows
+    chosen = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=topk_ids.device)
+    chosen.scatter_(1, topk_ids.long(), True)
+    used = torch.zeros_like(chosen).scatter_(1, ids.long(), True)
+    keeps_top1 = used.gather(1, topk_ids[:, :1].long())[:, 0] & valid
+    touched = torch.stack(
+        [
+            (chosen & valid[:, None]).any(dim=0).sum(),
+            (used & valid[:, None]).any(dim=0).sum(),
+            keeps_top1.sum(),
+            valid.sum(),
+            (used & ~chosen & valid[:, None]).sum(),
+        ]
+    ).to(torch.int32)
+    return ids, touched

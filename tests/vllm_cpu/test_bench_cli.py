@@ -52,6 +52,8 @@ def test_lynx_bench_offline_tiny(tmp_path):
     assert row2["lynx_experts_after"] == row["lynx_experts_after"]
     runs = json.loads((tmp_path / "bench2" / "results.json").read_text())["runs"]
     assert runs["ceiling2"]["rows"][0]["batch"] == 8 and runs["ceiling2"]["rows"][0]["valid"]
+    # The ceiling engine counts what its steps touched: k = 2 consecutive experts mod 2 is {0, 1}.
+    assert runs["ceiling2"]["rows"][0]["experts_after"] == 2.0
     assert runs["lynx"] == json.loads((out / "results.json").read_text())["runs"]["lynx"]
     # ... and refuses a different workload, before starting any engine.
     other = _bench(tmp_path / "bench3", "--reuse", str(out / "results.json"), batches="4")

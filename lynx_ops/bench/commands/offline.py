@@ -95,11 +95,14 @@ def main(args: argparse.Namespace) -> int:
         # drift of the machine and their difference is the run's noise floor.
         runs["stock_again"] = run("stock_again", {})
     ceiling: dict[int, dict[int, float]] = {}
+    ceiling_experts: dict[int, dict[int, float]] = {}  # what each ceiling's steps touched
     for k in args.ceiling:
         res = run(f"ceiling{k}", {"VLLM_LYNX_ENABLED": "1", "VLLM_LYNX_CEILING_EXPERTS": str(k)})
         runs[f"ceiling{k}"] = res
         ceiling[k] = {r["batch"]: r["tpot_ms_median"] for r in res["rows"]
                       if r["tpot_ms_median"] is not None}  # fmt: skip
+        ceiling_experts[k] = {r["batch"]: r["experts_after"] for r in res["rows"]
+                              if r.get("experts_after") is not None}  # fmt: skip
 
     prov = provenance()
     rows = []
@@ -130,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
         if num_experts:
             row["experts_uniform_expected"] = router_realism.expected_union(num_experts, top_k, b)
         after = lynx.get("experts_after")
-        ceil = _ceiling_at(ceiling, b, after) if after is not None else None
+        ceil = _ceiling_at(ceiling, b, after, ceiling_experts) if after is not None else None
         if ceil is not None and lynx_tpot:
             row["ceiling_tpot_ms_at_lynx_experts"] = ceil
             row["mechanism_efficiency"] = ceil / lynx_tpot
@@ -151,9 +154,19 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ceiling_at(ceiling: dict[int, dict[int, float]], batch: int, experts: float):
-    """Ceiling TPOT at a (fractional) expert count, linear between measured K; None if outside."""
-    points = sorted((k, rows[batch]) for k, rows in ceiling.items() if batch in rows)
+def _ceiling_at(
+    ceiling: dict[int, dict[int, float]],
+    batch: int,
+    experts: float,
+    counts: dict[int, dict[int, float]] | None = None,
+):
+    """Ceiling TPOT at a (fractional) expert count, linear between the ceilings run; None if
+    outside. A ceiling's point sits at the experts its steps touched (`counts`, the engine's
+    counters) where known, else at K: a small batch does not fill K (8 rows of k = 4 on K = 40
+    touch about 23), and placing that step time at 40 would understate the ceiling there."""
+    counts = counts or {}
+    points = sorted((counts.get(k, {}).get(batch, k), rows[batch])
+                    for k, rows in ceiling.items() if batch in rows)  # fmt: skip
     for (k0, t0), (k1, t1) in zip(points, points[1:], strict=False):
         if k0 <= experts <= k1:
             return t0 + (t1 - t0) * (experts - k0) / (k1 - k0)
