@@ -707,3 +707,25 @@ def test_soak_cut_after_its_first_side_leaves_that_side_in_soak_json(
     assert list(saved["runs"]) == [first] and saved["runs"][first] == {"mode": first}
     assert saved["spec"]["order"][0] == first
     assert calls == ([("on", {"VLLM_LYNX_ENABLED": "1"}, 10.0)] if on_first else [("off", {}, 3.0)])
+
+
+def test_soak_progress_holds_the_run_so_far(tmp_path):
+    # What a soak cut short leaves: the tallies and memory samples up to its last sample.
+    from lynx_ops.bench.soak import write_progress
+
+    tally = {"requests": 7, "valid": 6, "tokens": 90, "errors": ["status 500, 0 tokens"],
+             "bench_serve": {"runs": 2, "completed": 40, "output_tokens": 800, "failed_runs": []},
+             "abuse": {"cut": 3, "cut_after_chunks": 3, "malformed": 4, "refused_4xx": 4,
+                       "server_errors": []}}  # fmt: skip
+    path = tmp_path / "progress-on.json"
+    write_progress(path, 20.04, tally, [(0.0, 100.0), (10.0, 101.26)], [(0.0, 5000.0)])
+    tally["requests"] += 1
+    tally["bench_serve"]["failed_runs"].append("bench-003")
+    write_progress(path, 30.0, tally, [(0.0, 100.0), (10.0, 101.26), (20.0, 99.0)], [])
+    got = json.loads(path.read_text())
+    assert got["seconds"] == 30.0 and got["requests"] == 8 and got["valid"] == 6
+    assert got["errors"] == 1 and got["first_errors"] == ["status 500, 0 tokens"]
+    assert got["bench_serve"]["failed_runs"] == ["bench-003"]
+    assert got["abuse"]["server_errors"] == 0 and got["abuse"]["refused_4xx"] == 4
+    assert got["rss_samples"] == [[0.0, 100.0], [10.0, 101.3], [20.0, 99.0]]
+    assert got["gpu_samples"] == [] and list(tmp_path.iterdir()) == [path]

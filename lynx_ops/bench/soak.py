@@ -14,9 +14,10 @@ refused with a 4xx, and no request of any kind may get a 5xx or a dropped connec
 
 The server's memory (resident set of its whole process tree, and the GPU's used memory where
 NVML sees one) is sampled every `sample_s` seconds; growth is measured from the end of the first
-quarter of the run (after warm-up and caches) to the end. vLLM's own counters on /metrics must
-agree with the traffic: at least as many successful requests and generated tokens as the valid
-responses counted.
+quarter of the run (after warm-up and caches) to the end; `progress-<mode>.json` in the work
+directory holds the run so far at every sample, for a run cut short. vLLM's own counters on
+/metrics must agree with the traffic: at least as many successful requests and generated tokens as
+the valid responses counted.
 """
 
 from __future__ import annotations
@@ -206,6 +207,27 @@ async def _client_loop(url: str, model: str, spec: dict, deadline: float, seed: 
                 )
 
 
+def write_progress(path: Path, seconds: float, tally: dict, rss: list, gpu: list) -> None:
+    """The run so far, rewritten at every memory sample: a soak cut short (a GPU session's time
+    running out) still leaves its tallies and memory samples. Replaced whole, never half written."""
+    abuse = tally["abuse"]
+    snapshot = {
+        "seconds": round(seconds, 1),
+        "requests": tally["requests"], "valid": tally["valid"], "tokens": tally["tokens"],
+        "errors": len(tally["errors"]), "first_errors": tally["errors"][:5],
+        "bench_serve": {**tally["bench_serve"],
+                        "failed_runs": list(tally["bench_serve"]["failed_runs"])},
+        "abuse": {**{k: v for k, v in abuse.items() if k != "server_errors"},
+                  "server_errors": len(abuse["server_errors"]),
+                  "first_server_errors": abuse["server_errors"][:5]},
+        "rss_samples": [[round(t, 1), round(m, 1)] for t, m in rss],
+        "gpu_samples": [[round(t, 1), round(m, 1)] for t, m in gpu],
+    }  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(snapshot))
+    tmp.replace(path)
+
+
 async def _run(server, model: str, spec: dict, workdir: Path) -> dict[str, Any]:
     tally: dict[str, Any] = {"requests": 0, "valid": 0, "tokens": 0, "errors": [],
                              "bench_serve": {"runs": 0, "completed": 0, "output_tokens": 0,
@@ -225,6 +247,9 @@ async def _run(server, model: str, spec: dict, workdir: Path) -> dict[str, Any]:
             used = _gpu_used_mib()
             if used is not None:
                 gpu.append((now, used))
+            write_progress(
+                workdir / f"progress-{spec.get('label', 'run')}.json", now, tally, rss, gpu
+            )
             await asyncio.sleep(spec["sample_s"])
 
     await asyncio.gather(sampler(), *(
@@ -272,7 +297,7 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
         server.wait_ready()
         print(f"[{label}] {spec['minutes']} min of traffic, {spec['concurrency']} clients ...",
               flush=True)  # fmt: skip
-        result = asyncio.run(_run(server, model, spec, workdir))
+        result = asyncio.run(_run(server, model, {**spec, "label": label}, workdir))
         if env_extra.get("VLLM_LYNX_ENABLED") == "1":
             result["metrics"] = server.lynx_metrics()
         result["server_alive"] = server.proc.poll() is None

@@ -32,6 +32,12 @@ def test_lynx_bench_soak_tiny(tmp_path):
     result = json.loads((out / "soak.json").read_text())
     assert (result["spec"]["minutes"], result["spec"]["off_minutes"]) == (0.5, 0.4)
     runs = result["runs"]
+    # The run so far, kept at every sample for a soak cut short: the finished run's last sample.
+    (work,) = [d for d in out.iterdir() if d.is_dir() and d.name.startswith("lynx-soak-")]
+    for mode in ("off", "on"):
+        progress = json.loads((work / f"progress-{mode}.json").read_text())
+        assert 0 < progress["requests"] <= runs[mode]["requests"], mode
+        assert progress["rss_samples"] == runs[mode]["rss_samples"][: len(progress["rss_samples"])]
     for mode in ("off", "on"):
         r = runs[mode]
         assert r["requests"] > 4 and r["valid"] == r["requests"] and r["errors"] == 0, r
