@@ -69,9 +69,10 @@ ENVIRONMENT_VARIABLES = {
     # exports when serving (lynx_decode_remaps_total, lynx_experts_per_step_before/_after,
     # lynx_moved_assignment_share, ...); 0 turns the export off; at least 1 otherwise.
     "VLLM_LYNX_METRICS_INTERVAL": lambda: _interval("VLLM_LYNX_METRICS_INTERVAL", 10.0),
-    # Benchmarks only: K > 0 replaces the remap in decode steps by k consecutive experts mod K from
-    # each row's top-1 (distinct per row), forcing every MoE layer onto at most K experts: the best
-    # step time any remap could reach at that expert count. Outputs are meaningless.
+    # Benchmarks only (lynx_ops.bench.ceiling, read where lynx-bench's worker extension loads): K > 0
+    # replaces the remap in decode steps by k consecutive experts mod K from each row's top-1,
+    # forcing every MoE layer onto at most K experts: the best step time any remap could reach at
+    # that expert count. Outputs are meaningless.
     "VLLM_LYNX_CEILING_EXPERTS": lambda: _count("VLLM_LYNX_CEILING_EXPERTS"),
     # Path of a JSON file with the TPOT controller's settings (docs/CONTROLLER.md: target_ms,
     # ladder, floors, ...), read by Lynx's scheduler (`--scheduler-cls

@@ -265,13 +265,23 @@ def test_route_remaps_decode_steps_and_counts_them(monkeypatch):
 
     # The benchmark's ceiling (VLLM_LYNX_CEILING_EXPERTS=K): k consecutive experts mod K from each
     # row's top-1, so a row keeps k distinct experts and the batch reads at most K.
+    from lynx_ops.bench.ceiling import ceiling_override
+
     ctx.attn_metadata["attn"].query_start_loc = qsl
-    state.ceiling = 16
+    state.decode_override = ceiling_override(16)(state)
     c_w, c_ids, remapped = layers.route(state, x, w, ids)
     assert remapped and c_w is w
     assert torch.equal(c_ids[:, 0], ids[:, 0] % 16)
     assert all(len(set(row)) == 8 for row in c_ids.tolist())
     assert int(c_ids.max()) < 16 and len(set(c_ids.flatten().tolist())) <= 16
+    # ... and a single row too (the ceiling decides every decode step), counted as a remap.
+    ctx.attn_metadata["attn"].query_start_loc = torch.tensor([0, 1], dtype=torch.int32)
+    calls = state.stats.snapshot()[0].calls
+    c1_w, c1_ids, remapped = layers.route(state, x1, w1, ids1)
+    assert remapped and torch.equal(c1_ids[0, 0], ids1[0, 0] % 16)
+    assert state.stats.snapshot()[0].calls == calls + 1
+    with pytest.raises(PolicyError, match=r"VLLM_LYNX_CEILING_EXPERTS=4 must be in \[k=8, E=128\]"):
+        ceiling_override(4)(state)
     layers.LAYERS.clear()
 
 
@@ -601,7 +611,9 @@ def test_ceiling_routing_counts_what_its_rows_touch(rows):
     num_experts, k, ceiling = 16, 3, 6
     topk_ids = torch.stack([torch.randperm(num_experts, generator=gen)[:k] for _ in range(5)])
     topk_ids = topk_ids.to(torch.int32)
-    ids, touched = layers.ceiling_routing(topk_ids, ceiling, torch.tensor([rows]), num_experts)
+    from lynx_ops.bench.ceiling import ceiling_routing
+
+    ids, touched = ceiling_routing(topk_ids, ceiling, torch.tensor([rows]), num_experts)
     chosen = [set(r.tolist()) for r in topk_ids[:rows]]
     used = [{(int(r[0]) + j) % ceiling for j in range(k)} for r in topk_ids[:rows]]
     assert [set(r.tolist()) for r in ids[:rows]] == used and ids.dtype == topk_ids.dtype

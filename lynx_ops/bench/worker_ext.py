@@ -9,7 +9,8 @@ Module functions take the worker as first argument, for `LLM.collective_rpc(fn)`
 
 vLLM's dev-mode `/collective_rpc` passes arguments as strings. Nothing here is loaded unless named.
 vLLM imports a worker extension in each worker before the model loads, so importing this module
-also registers the `lynx_dummy` load format there (lynx_ops.bench.dummy_loader).
+also registers the `lynx_dummy` load format there (lynx_ops.bench.dummy_loader) and, where
+VLLM_LYNX_CEILING_EXPERTS is set, the benchmark ceiling (lynx_ops.bench.ceiling).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from lynx_ops.bench import dummy_loader  # noqa: F401  (registers the lynx_dummy load format)
+from lynx_ops.bench import ceiling, dummy_loader  # dummy_loader registers the lynx_dummy format
+
+ceiling.install_from_env()  # VLLM_LYNX_CEILING_EXPERTS: before the model loads, as attach needs
 
 
 def lynx_snapshot(worker: Any) -> dict[str, dict[str, float]]:

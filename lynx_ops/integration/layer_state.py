@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,7 +49,10 @@ class LayerState:
     vllm_config: Any
     num_speculative_tokens: int
     stats: ExpertStats | None = None
-    ceiling: int = 0  # benchmarks only (envs.VLLM_LYNX_CEILING_EXPERTS)
+    # A benchmark's replacement of the policy's op in every uniform-decode step (single rows and
+    # policy-off sizes included), with remap()'s signature and result; None when serving.
+    # Set at attach() by the factory registered with layers.set_decode_override.
+    decode_override: Callable[..., Any] | None = None
     # The setting scalars (a budget's K, keep_k0's k0) on the layer's device, one per such
     # setting (the policy and its per-batch-size settings, by id): read by the op inside
     # captured graphs, so a new value (fill_) applies from the next replay without a new capture.

@@ -12,6 +12,7 @@ facts live in routers.py, the startup line and the stats thread in telemetry.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -57,6 +58,18 @@ def model_selection(vllm_config: Any) -> Selection:
     return cached[1]
 
 
+_DECODE_OVERRIDE: Callable[[LayerState], Callable[..., Any]] | None = None
+
+
+def set_decode_override(factory: Callable[[LayerState], Callable[..., Any]] | None) -> None:
+    """For benchmarks (lynx_ops.bench.ceiling): `factory(state)` is called for each MoE layer at
+    attach and returns what replaces the policy's op in that layer's uniform-decode steps, with
+    `LayerState.remap`'s signature and (weights, ids, touched) result; None removes it. Register
+    before the model loads (a worker extension's import): captured graphs keep what attach set."""
+    global _DECODE_OVERRIDE
+    _DECODE_OVERRIDE = factory
+
+
 def attach(runner: Any, vllm_config: Any) -> LayerState | None:
     """Resolve and check the policy for one MoE layer; None when Lynx leaves it stock (logged)."""
     selection = model_selection(vllm_config)
@@ -98,17 +111,8 @@ def attach(runner: Any, vllm_config: Any) -> LayerState | None:
         vllm_config=vllm_config,
         num_speculative_tokens=int(getattr(spec, "num_speculative_tokens", 0) or 0),
     )  # fmt: skip
-    from lynx_ops import envs
-
-    state.ceiling = envs.VLLM_LYNX_CEILING_EXPERTS
-    if state.ceiling and not top_k <= state.ceiling <= num_experts:
-        raise PolicyError(
-            f"VLLM_LYNX_CEILING_EXPERTS={state.ceiling} must be in [k={top_k}, E={num_experts}]"
-        )
-    if state.ceiling:
-        log_once("ceiling", logging.WARNING,
-                 "benchmark ceiling mode: decode steps route each token to k consecutive experts mod %d "
-                 "(VLLM_LYNX_CEILING_EXPERTS); outputs are not meaningful", state.ceiling)  # fmt: skip
+    if _DECODE_OVERRIDE is not None:
+        state.decode_override = _DECODE_OVERRIDE(state)  # raises PolicyError: at load, not mid-run
     device = _device_of(runner)
     if device is not None:  # allocate now: never inside a graph capture
         state.stats = ExpertStats(1, device)
@@ -153,58 +157,21 @@ def route(
         announce(state)
     reason = ph.reason
     num_rows = topk_ids.shape[0]
-    if ph.rows is not None and isinstance(num_rows, int) and num_rows == 1 and not state.ceiling:
+    override = state.decode_override
+    if ph.rows is not None and isinstance(num_rows, int) and num_rows == 1 and override is None:
         # One row (batch-1 decode, or its captured graph): the remap is the identity there, so the
         # op would only cost time (on an H100, 0.5 ms a step over 48 layers at batch 1).
         reason = SINGLE_ROW
-    elif (
-        ph.rows is not None and not state.ceiling and state.policy.for_rows(num_rows).kind == "off"
-    ):
+    elif ph.rows is not None and override is None and state.policy.for_rows(num_rows).kind == "off":
         reason = POLICY_OFF  # fixed per captured graph, as the padded row count is
     DECISIONS[reason] += 1
     if ph.rows is None or reason in (SINGLE_ROW, POLICY_OFF):
         return topk_weights, topk_ids, False
-    if state.ceiling:
-        ids, touched = ceiling_routing(topk_ids, state.ceiling, ph.rows, state.facts.num_experts)
-        _record(state, touched)
-        return topk_weights, ids, True
     num_experts = state.facts.num_experts
     logits = router_logits[:num_rows, :num_experts]
-    weights, ids, touched = state.remap(logits, topk_weights, topk_ids, ph.rows)
-    _record(state, touched)
-    return weights, ids, True
-
-
-def _record(state: LayerState, touched: torch.Tensor) -> None:
+    weights, ids, touched = (override or state.remap)(logits, topk_weights, topk_ids, ph.rows)
     if state.stats is None and not (touched.is_cuda and torch.cuda.is_current_stream_capturing()):
         state.stats = ExpertStats(1, touched.device)
     if state.stats is not None:
         state.stats.record(0, touched)
-
-
-def ceiling_routing(
-    topk_ids: torch.Tensor, ceiling: int, rows: torch.Tensor, num_experts: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The benchmark ceiling (VLLM_LYNX_CEILING_EXPERTS=K): each row's k consecutive experts mod K
-    from its top-1, so a layer reads at most K experts; and the op's `touched` counters for it.
-    A ceiling's step touches fewer than K experts where B x k does not cover K (8 rows of k = 4 on
-    K = 40: about 23), so the benchmark reads the count, not K, as the ceiling's expert count.
-    Device ops only ([1] `rows` on the device): captured with the step."""
-    num_rows, k = topk_ids.shape
-    offsets = torch.arange(k, device=topk_ids.device, dtype=topk_ids.dtype)
-    ids = (topk_ids[:, :1] + offsets) % ceiling
-    valid = torch.arange(num_rows, device=topk_ids.device) < rows
-    chosen = torch.zeros(num_rows, num_experts, dtype=torch.bool, device=topk_ids.device)
-    chosen.scatter_(1, topk_ids.long(), True)
-    used = torch.zeros_like(chosen).scatter_(1, ids.long(), True)
-    keeps_top1 = used.gather(1, topk_ids[:, :1].long())[:, 0] & valid
-    touched = torch.stack(
-        [
-            (chosen & valid[:, None]).any(dim=0).sum(),
-            (used & valid[:, None]).any(dim=0).sum(),
-            keeps_top1.sum(),
-            valid.sum(),
-            (used & ~chosen & valid[:, None]).sum(),
-        ]
-    ).to(torch.int32)
-    return ids, touched
+    return weights, ids, True
