@@ -42,23 +42,19 @@ def _child(mode: str, batch: int, tokens: int, repeats: int) -> dict:
 
     calls: list[float] = []
     routes: list[float] = []
-    remap, route = LayerState.remap, layers.route
 
-    def timed_route(*args):
-        t0 = time.perf_counter()
-        out = route(*args)
-        routes.append(time.perf_counter() - t0)
-        return out
+    def timed(fn, sink: list[float]):
+        def wrapper(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            sink.append(time.perf_counter() - t0)
+            return out
 
-    layers.route = timed_route
+        return wrapper
 
-    def timed(*args):
-        t0 = time.perf_counter()
-        out = remap(*args)
-        calls.append(time.perf_counter() - t0)
-        return out
+    LayerState.remap = timed(LayerState.remap, calls)
+    layers.route = timed(layers.route, routes)
 
-    LayerState.remap = timed
     if mode == "reference":
         ops.packed_keys_fit = lambda *a: False  # the op's CPU dispatch then runs the reference
 

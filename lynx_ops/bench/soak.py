@@ -207,28 +207,34 @@ async def _client_loop(url: str, model: str, spec: dict, deadline: float, seed: 
                 )
 
 
+def _tally_view(tally: dict) -> dict[str, Any]:
+    """The tally as results show it: error lists as counts and their first five; a copy, as the
+    clients and vLLM's client thread keep adding to the tally itself."""
+    abuse = tally["abuse"]
+    return {"requests": tally["requests"], "valid": tally["valid"], "tokens": tally["tokens"],
+            "bench_serve": {**tally["bench_serve"],
+                            "failed_runs": list(tally["bench_serve"]["failed_runs"])},
+            "errors": len(tally["errors"]), "first_errors": tally["errors"][:5],
+            "abuse": {**{k: v for k, v in abuse.items() if k != "server_errors"},
+                      "server_errors": len(abuse["server_errors"]),
+                      "first_server_errors": abuse["server_errors"][:5]}}  # fmt: skip
+
+
+def _samples(samples: list[tuple[float, float]]) -> list[list[float]]:
+    return [[round(t, 1), round(m, 1)] for t, m in samples]
+
+
 def write_progress(path: Path, seconds: float, tally: dict, rss: list, gpu: list) -> None:
     """The run so far, rewritten at every memory sample: a soak cut short (a GPU session's time
     running out) still leaves its tallies and memory samples. Replaced whole, never half written."""
-    abuse = tally["abuse"]
-    snapshot = {
-        "seconds": round(seconds, 1),
-        "requests": tally["requests"], "valid": tally["valid"], "tokens": tally["tokens"],
-        "errors": len(tally["errors"]), "first_errors": tally["errors"][:5],
-        "bench_serve": {**tally["bench_serve"],
-                        "failed_runs": list(tally["bench_serve"]["failed_runs"])},
-        "abuse": {**{k: v for k, v in abuse.items() if k != "server_errors"},
-                  "server_errors": len(abuse["server_errors"]),
-                  "first_server_errors": abuse["server_errors"][:5]},
-        "rss_samples": [[round(t, 1), round(m, 1)] for t, m in rss],
-        "gpu_samples": [[round(t, 1), round(m, 1)] for t, m in gpu],
-    }  # fmt: skip
+    snapshot = {"seconds": round(seconds, 1), **_tally_view(tally),
+                "rss_samples": _samples(rss), "gpu_samples": _samples(gpu)}  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(snapshot))
     tmp.replace(path)
 
 
-async def _run(server, model: str, spec: dict, workdir: Path) -> dict[str, Any]:
+async def _run(server, model: str, spec: dict, workdir: Path, label: str) -> dict[str, Any]:
     tally: dict[str, Any] = {"requests": 0, "valid": 0, "tokens": 0, "errors": [],
                              "bench_serve": {"runs": 0, "completed": 0, "output_tokens": 0,
                                              "failed_runs": []},
@@ -247,9 +253,7 @@ async def _run(server, model: str, spec: dict, workdir: Path) -> dict[str, Any]:
             used = _gpu_used_mib()
             if used is not None:
                 gpu.append((now, used))
-            write_progress(
-                workdir / f"progress-{spec.get('label', 'run')}.json", now, tally, rss, gpu
-            )
+            write_progress(workdir / f"progress-{label}.json", now, tally, rss, gpu)
             await asyncio.sleep(spec["sample_s"])
 
     await asyncio.gather(sampler(), *(
@@ -264,12 +268,7 @@ async def _run(server, model: str, spec: dict, workdir: Path) -> dict[str, Any]:
     warm = spec["minutes"] * 60 / 4
     quarter = [m for t, m in rss if t >= warm] or [rss[-1][1]]
     gpu_quarter = [m for t, m in gpu if t >= warm]
-    abuse = tally["abuse"]
-    return {**{k: v for k, v in tally.items() if k not in ("errors", "abuse")},
-            "errors": len(tally["errors"]), "first_errors": tally["errors"][:5],
-            "abuse": {**{k: v for k, v in abuse.items() if k != "server_errors"},
-                      "server_errors": len(abuse["server_errors"]),
-                      "first_server_errors": abuse["server_errors"][:5]},
+    return {**_tally_view(tally),
             "vllm_counts": counts,
             # vLLM counted at least what the clients saw finish (cut streams may add tokens)
             "metrics_consistent": counts["request_success"]
@@ -280,11 +279,11 @@ async def _run(server, model: str, spec: dict, workdir: Path) -> dict[str, Any]:
             "rss_mib_start": round(rss[0][1], 1), "rss_mib_after_warmup": round(quarter[0], 1),
             "rss_mib_end": round(rss[-1][1], 1), "rss_mib_max": round(max(m for _, m in rss), 1),
             "rss_growth_after_warmup_mib": round(rss[-1][1] - quarter[0], 1),
-            "rss_samples": [[round(t, 1), round(m, 1)] for t, m in rss],
+            "rss_samples": _samples(rss),
             "gpu_mib_after_warmup": round(gpu_quarter[0], 1) if gpu_quarter else None,
             "gpu_growth_after_warmup_mib": (round(gpu[-1][1] - gpu_quarter[0], 1)
                                             if gpu_quarter else None),
-            "gpu_samples": [[round(t, 1), round(m, 1)] for t, m in gpu]}  # fmt: skip
+            "gpu_samples": _samples(gpu)}  # fmt: skip
 
 
 def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str, str],
@@ -297,7 +296,7 @@ def run_mode(label: str, model: str, serve_args: list[str], env_extra: dict[str,
         server.wait_ready()
         print(f"[{label}] {spec['minutes']} min of traffic, {spec['concurrency']} clients ...",
               flush=True)  # fmt: skip
-        result = asyncio.run(_run(server, model, {**spec, "label": label}, workdir))
+        result = asyncio.run(_run(server, model, spec, workdir, label))
         if env_extra.get("VLLM_LYNX_ENABLED") == "1":
             result["metrics"] = server.lynx_metrics()
         result["server_alive"] = server.proc.poll() is None
