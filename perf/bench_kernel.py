@@ -21,6 +21,9 @@ what one covered MoE layer costs a captured decode step. `--shapes` picks shapes
 `--sweep` times each launch shape (fused in one program; split in three launches at several block
 sizes) per shape and batch, which is how the thresholds in lynx_ops/kernels/configs.py were chosen,
 and each again with the selection variants of `--variants` (LaunchConfig.variant).
+`--policy` picks the policy's launchers there too, and every launch's output is compared with the
+reference (column `differs_from_reference`; a differing launch is never `best`). `--fused-warps` and
+`--fused-max-scores` widen the one-program launches tried (default 2, 4, 8 warps up to 4096 scores).
 `--baseline-kernels FILE` adds another revision's kernels at the launch the op picks (`auto_baseline`
 beside `auto`), so a change to the kernels is timed against the old ones on one machine in one run.
 """
@@ -72,13 +75,37 @@ def _baseline_launcher(path: str):
     return load_file_module(path, "lynx_remap_baseline").remap_triton
 
 
+def _launcher(policy: str):
+    """The policy's Triton launcher, which takes the op's arguments plus a launch `config`."""
+    from lynx_ops.kernels.policies import budget_triton, keep_triton
+    from lynx_ops.kernels.remap import remap_triton
+
+    return {"bins": remap_triton, "budget": budget_triton, "keep_k0": keep_triton}[policy]
+
+
+def _differs(got, want) -> bool:
+    """Whether a launch's output differs from the reference's as the kernel tests judge it (ids and
+    experts touched exactly, weights to tolerance): the sweep records it rather than stopping."""
+    got = [t.cpu() for t in got]
+    want = [t.cpu() for t in want]
+    if not (torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])):
+        return True
+    try:
+        torch.testing.assert_close(got[0], want[0])
+    except AssertionError:
+        return True
+    return False
+
+
 def _sweep(args, prov) -> list[dict]:
     import triton
 
     from lynx_ops.kernels.configs import fused_config, launch_config, split_config
-    from lynx_ops.kernels.remap import remap_triton
 
     baseline = _baseline_launcher(args.baseline_kernels) if args.baseline_kernels else None
+    if baseline is not None and args.policy != "bins":
+        raise SystemExit("--baseline-kernels holds kernels/remap.py, the bins policy's kernels")
+    run_policy = _launcher(args.policy)
     rows = []
     for name, shape in SHAPES.items():
         if args.shapes and not any(name.startswith(s) for s in args.shapes):
@@ -87,50 +114,60 @@ def _sweep(args, prov) -> list[dict]:
         for T in args.batches:
             x, w, ids, bias = (a.cuda() if a is not None else None
                                for a in make_batch(shape, T, seed=T))  # fmt: skip
-            a = op_args(shape, x, w, ids, bias, T)
-            # 2048-score split tiles and fused programs over 4096 scores lost everywhere on the
-            # first H100 sweep (perf/results/kernel_sweep_h100.csv); "auto" is what the op picks.
+            _, ref, a = _policy_call(args.policy, shape, op_args(shape, x, w, ids, bias, T),
+                                     args.k0)  # fmt: skip
+            want = ref(*a)
+            # 2048-score split tiles and fused programs over 4096 scores at up to 8 warps lost
+            # everywhere on the first H100 sweep (perf/results/kernel_sweep_h100.csv); "auto" is
+            # what the op picks.
             configs = {f"split{tile}": split_config(shape.E, tile) for tile in (256, 512, 1024)}
-            if triton.next_power_of_2(T) * block_e <= 4096:
+            if triton.next_power_of_2(T) * block_e <= args.fused_max_scores:
                 configs["fused"] = fused = fused_config(T, shape.E)
-                for warps in (2, 4, 8):  # one program: does more parallelism inside it pay?
+                for warps in args.fused_warps:  # one program: does more parallelism inside it pay?
                     if warps != fused.num_warps:
                         configs[f"fused_w{warps}"] = dataclasses.replace(fused, num_warps=warps)
             configs["auto"] = launch_config(T, shape.E, shape.k)
-            launchers = {label: remap_triton for label in configs}
+            launchers = {label: run_policy for label in configs}
             if baseline is not None:  # another revision's kernels at today's launch choice
                 configs["auto_baseline"], launchers["auto_baseline"] = configs["auto"], baseline
-                got = [t.cpu() for t in remap_triton(*a, config=configs["auto"])]
-                want = [t.cpu() for t in baseline(*a, config=configs["auto"])]
-                assert all(torch.equal(g, h) for g, h in zip(got, want, strict=True)), (
+                got = [t.cpu() for t in run_policy(*a, config=configs["auto"])]
+                base = [t.cpu() for t in baseline(*a, config=configs["auto"])]
+                assert all(torch.equal(g, h) for g, h in zip(got, base, strict=True)), (
                     f"the baseline kernels disagree with today's on {name} T={T}"
                 )
-            # the selection variant (LaunchConfig.variant: 1 one-key picks) on
-            # every launch shape above, the default's beside them
+            # the selection variant (LaunchConfig.variant: 1 one-key picks; only the bins vote
+            # has one) on every launch shape above, the default's beside them
             for label, cfg in list(configs.items()):
-                if label not in ("auto", "auto_baseline"):
+                if label not in ("auto", "auto_baseline") and args.policy == "bins":
                     for variant in args.variants:
                         configs[f"{label}_v{variant}"] = dataclasses.replace(cfg, variant=variant)
-                        launchers[f"{label}_v{variant}"] = remap_triton
-            times = {}
+                        launchers[f"{label}_v{variant}"] = run_policy
+            times, wrong = {}, []
             for label, cfg in configs.items():
+                run = launchers[label]
+                if _differs(run(*a, config=cfg), want):
+                    wrong.append(label)  # timed all the same; never "best"
                 times[label] = _graph_time_us(
-                    lambda a=a, cfg=cfg, run=launchers[label]: run(*a, config=cfg), args.repeats
+                    lambda a=a, cfg=cfg, run=run: run(*a, config=cfg), args.repeats
                 )  # fmt: skip
-            best = min((lbl for lbl in times if not lbl.startswith("auto")), key=times.get)
+            exact = [lbl for lbl in times if not lbl.startswith("auto") and lbl not in wrong]
+            best = min(exact, key=times.get) if exact else ""
             rows.append(
                 {
                     "shape": name,
+                    "policy": args.policy,
                     "E": shape.E,
                     "k": shape.k,
                     "T": T,
+                    "k0": a[5].item() if args.policy == "keep_k0" else "",
                     "best": best,
+                    "differs_from_reference": " ".join(wrong),
                     **{f"{lbl}_us": round(v, 2) for lbl, v in times.items()},
                     **prov,
                 }
             )
             print(f"{name:32s} T={T:4d} " + " ".join(f"{lbl}={v:.2f}" for lbl, v in times.items())
-                  + f"  best={best}", flush=True)  # fmt: skip
+                  + f"  best={best}" + (f"  DIFFERS: {wrong}" if wrong else ""), flush=True)  # fmt: skip
         write_csv(args.out, rows)  # after every shape: a run stopped by a time limit keeps its rows
     return rows
 
@@ -162,17 +199,23 @@ def main() -> None:
     ap.add_argument("--policy", choices=["bins", "budget", "keep_k0"], default="bins")
     ap.add_argument("--k0", type=int, help="keep_k0: experts each row keeps (default k/2; a value "
                     ">= k times the identity setting at each shape's k)")  # fmt: skip
+    ap.add_argument("--fused-warps", type=int, nargs="*", default=[2, 4, 8],
+                    help="with --sweep: warp counts the one-program launch is timed at beside "
+                    "the default's")  # fmt: skip
+    ap.add_argument("--fused-max-scores", type=int, default=4096,
+                    help="with --sweep: the largest padded batch (rows x experts, both rounded "
+                    "up to powers of two) the one-program launch is timed at")  # fmt: skip
     ap.add_argument("--baseline-kernels", help="with --sweep: another revision's kernels/remap.py, "
                     "timed at today's launch choice beside today's (column auto_baseline)")  # fmt: skip
     args = ap.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
+    if args.k0 is not None and args.policy != "keep_k0":
+        ap.error("--k0 is a keep_k0 setting: add --policy keep_k0")
     prov = provenance()
     if args.sweep:
         write_csv(args.out, _sweep(args, prov))
         print(f"wrote {args.out}")
         return
-    if args.k0 is not None and args.policy != "keep_k0":
-        ap.error("--k0 is a keep_k0 setting: add --policy keep_k0")
     rows = []
     shapes = {n: s for n, s in SHAPES.items()
               if not args.shapes or any(n.startswith(p) for p in args.shapes)}  # fmt: skip
