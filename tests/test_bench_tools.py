@@ -729,3 +729,39 @@ def test_soak_progress_holds_the_run_so_far(tmp_path):
     assert got["abuse"]["server_errors"] == 0 and got["abuse"]["refused_4xx"] == 4
     assert got["rss_samples"] == [[0.0, 100.0], [10.0, 101.3], [20.0, 99.0]]
     assert got["gpu_samples"] == [] and list(tmp_path.iterdir()) == [path]
+
+
+def test_soak_bench_results_of_each_mode_are_kept(tmp_path, monkeypatch):
+    # Both modes share one work directory; the H200 soak of f98e589 lost the Lynx side's first
+    # nine `vllm bench serve` results to the flag-off side's, which restarted the numbering.
+    import types
+
+    import lynx_ops.bench.vllm_client as vllm_client
+    from lynx_ops.bench import soak
+
+    clock = [0.0]  # the soak's clock, one second a run
+
+    class FakeClient:  # writes the result file `vllm bench serve` would, from its arguments
+        def run(self, args, log):
+            name = args[args.index("--result-filename") + 1]
+            (tmp_path / name).write_text(json.dumps({"completed": 3, "mode": mode}))
+            log.write_text("")
+            clock[0] += 1.0
+            return 0
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(vllm_client, "LoopClient", FakeClient)
+    monkeypatch.setattr(soak, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    server = types.SimpleNamespace(base="http://127.0.0.1:1", model="m")
+    for mode, runs in (("on", 7), ("off", 3)):
+        tally = {"bench_serve": {"runs": 0, "completed": 0, "output_tokens": 0,
+                                 "failed_runs": []}}  # fmt: skip
+        soak._bench_loop(server, {"max_input": 64, "max_output": 16}, clock[0] + runs, tmp_path,
+                         tally, mode)  # fmt: skip
+        bench = tally["bench_serve"]
+        assert bench["runs"] == runs and bench["completed"] == 3 * runs
+    results = {p.name: json.loads(p.read_text())["mode"] for p in tmp_path.glob("bench-*.json")}
+    assert sorted(results.values()).count("on") == 7 and len(results) == 10
+    assert all(name.startswith(f"bench-{mode}-") for name, mode in results.items())

@@ -132,8 +132,10 @@ BENCH_POINTS = [("concurrency", 4.0), ("concurrency", 16.0), ("rate", 2.0), ("co
                 ("rate", 8.0)]  # fmt: skip
 
 
-def _bench_loop(server, spec: dict, deadline: float, workdir: Path, tally: dict) -> None:
-    """`vllm bench serve` runs, one load point after another, until the deadline (a thread)."""
+def _bench_loop(server, spec: dict, deadline: float, workdir: Path, tally: dict,
+                label: str) -> None:  # fmt: skip
+    """`vllm bench serve` runs, one load point after another, until the deadline (a thread). The
+    result files carry the mode's label: both modes share the work directory."""
     from lynx_ops.bench.online import client_args
     from lynx_ops.bench.vllm_client import LoopClient
 
@@ -146,7 +148,7 @@ def _bench_loop(server, spec: dict, deadline: float, workdir: Path, tally: dict)
         while time.time() < deadline:
             point = BENCH_POINTS[i % len(BENCH_POINTS)]
             prompts = int(2 * point[1]) if point[0] == "concurrency" else int(10 * point[1])
-            name = f"bench-{i:03d}-{point[0]}-{point[1]:g}.json"
+            name = f"bench-{label}-{i:03d}-{point[0]}-{point[1]:g}.json"
             rc = client.run(client_args(server, point, max(prompts, 4), spec, i, workdir, name),
                             workdir / f"{name}.log")  # fmt: skip
             bench["runs"] += 1
@@ -261,7 +263,7 @@ async def _run(server, model: str, spec: dict, workdir: Path, label: str) -> dic
         for i in range(spec["concurrency"])), *(
         _abuse_loop(server.base, model, spec, deadline, seed=i, tally=tally)
         for i in range(spec.get("abuse", 1))), *(
-        [asyncio.to_thread(_bench_loop, server, spec, deadline, workdir, tally)]
+        [asyncio.to_thread(_bench_loop, server, spec, deadline, workdir, tally, label)]
         if spec.get("bench_serve") else []))  # fmt: skip
     rss.append((time.time() - t0, _tree_rss_mib(server.proc.pid)))
     counts = {k: v - counts_before[k] for k, v in _vllm_counts(server).items()}
