@@ -62,7 +62,7 @@ def _lexicographic_topk(keys: list[torch.Tensor], k: int) -> torch.Tensor:
     return perm[:, :k]
 
 
-def distinct_experts(ids: torch.Tensor, valid: torch.Tensor, num_experts: int) -> torch.Tensor:
+def _distinct_experts(ids: torch.Tensor, valid: torch.Tensor, num_experts: int) -> torch.Tensor:
     """int32 scalar: number of distinct experts among the valid rows of `ids` [T, k]."""
     hit = torch.zeros(ids.shape[0], num_experts, dtype=torch.bool, device=ids.device)
     hit.scatter_(1, ids.long(), True)
@@ -176,8 +176,8 @@ def _finish(x, s, allowed, vanilla, valid, kept, topk_weights, topk_ids, scoring
 
     touched = torch.stack(
         [
-            distinct_experts(topk_ids, valid, num_experts),
-            distinct_experts(out_ids, valid, num_experts),
+            _distinct_experts(topk_ids, valid, num_experts),
+            _distinct_experts(out_ids, valid, num_experts),
             keeps_top1.sum().to(torch.int32),
             valid.sum().to(torch.int32),
             (used & (vanilla == 0) & valid[:, None]).sum().to(torch.int32),
@@ -322,7 +322,7 @@ def keep_ref(
                                       scoring, weight_rule, scale)  # fmt: skip
     # k0 = k: the vanilla routing, selected on the device (no host read of k0)
     n = valid.sum().to(torch.int32)
-    distinct = distinct_experts(topk_ids, valid, x.shape[1])
+    distinct = _distinct_experts(topk_ids, valid, x.shape[1])
     same = torch.stack([distinct, distinct, n, n, torch.zeros_like(n)])
     identity = k0 >= k
     return (

@@ -19,7 +19,6 @@ import torch
 
 from lynx_ops import envs
 from lynx_ops.integration import layers
-from lynx_ops.reference import distinct_experts
 from lynx_ops.registry import PolicyError
 
 
@@ -40,8 +39,8 @@ def ceiling_routing(
     keeps_top1 = used.gather(1, topk_ids[:, :1].long())[:, 0] & valid
     touched = torch.stack(
         [
-            distinct_experts(topk_ids, valid, num_experts),  # counted as the ops count them
-            distinct_experts(ids, valid, num_experts),
+            (chosen & valid[:, None]).any(dim=0).sum(),
+            (used & valid[:, None]).any(dim=0).sum(),
             keeps_top1.sum(),
             valid.sum(),
             (used & ~chosen & valid[:, None]).sum(),
